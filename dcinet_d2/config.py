@@ -1,0 +1,114 @@
+"""Config keys added by dcinet-d2. Paper: Zhang et al., "Tasks Integrated Networks", TPAMI 2022 (METHOD.md).
+
+Every default the paper leaves open is a key here, with the value METHOD.md suggests.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_dcinet_config(cfg):
+    """Add the MODEL.REID, TEST.PERSON_SEARCH and DATALOADER.PAIRED nodes to a Detectron2 config, in place."""
+    cfg.MODEL.REID = CN()
+    # Dimension D of the L2-normalised re-id embedding (paper: unspecified; METHOD.md suggests 256).
+    cfg.MODEL.REID.EMBED_DIM = 256
+    # Number T of labelled training identities (CUHK-SYSU 5532, PRW 483); 0 = count them in DATASETS.TRAIN.
+    cfg.MODEL.REID.NUM_IDENTITIES = 0
+    # Re-id losses to train with, any of: OLP, HEP, C2HEP (the paper's), OIM, TRIPLET, CONTRASTIVE (baselines).
+    cfg.MODEL.REID.LOSSES = ["OLP", "C2HEP"]
+    # Backbone feature the re-id head pools from (DC-I-Net: "res4" under a C4 backbone, "p2".. under FPN).
+    cfg.MODEL.REID.IN_FEATURES = ["res4"]
+    # RoI pooling of the re-id head (DC-I-Net's separate, deeper head): output size, sampling, type.
+    cfg.MODEL.REID.POOLER_RESOLUTION = 14
+    cfg.MODEL.REID.POOLER_SAMPLING_RATIO = 0
+    cfg.MODEL.REID.POOLER_TYPE = "ROIAlignV2"
+    # Re-id head of DC-I-Net: "Res5" (its own res5 stage + pooling + embedding) or "Conv" (small conv stack).
+    cfg.MODEL.REID.HEAD = "Res5"
+    # "Conv" head only: number of 3x3 convolutions and their channels.
+    cfg.MODEL.REID.CONV_LAYERS = 2
+    cfg.MODEL.REID.CONV_DIM = 256
+    # Normalisation inside the re-id head ("BN", "GN", "FrozenBN", ""), as MODEL.RESNETS.NORM.
+    cfg.MODEL.REID.NORM = "BN"
+    # DC-I-Net: a refined box takes the identity of the ground truth it overlaps with IoU >= this
+    # (unlabelled person: -1); below it the box is background and gets no re-id loss.
+    cfg.MODEL.REID.IOU_THRESHOLD = 0.5
+    # DC-I-Net: at most this many refined boxes per image enter the re-id head during training.
+    cfg.MODEL.REID.BOXES_PER_IMAGE = 64
+    # DC-I-Net: ground-truth boxes are added to the refined boxes during training (as proposals are).
+    cfg.MODEL.REID.ADD_GT_BOXES = True
+
+    # OLP loss (on-line pairing with a FIFO feature dictionary). Total loss: L_det + alpha*OLP + beta*(C2)HEP.
+    cfg.MODEL.REID.OLP = CN()
+    # alpha, the OLP loss weight (paper: 1).
+    cfg.MODEL.REID.OLP.WEIGHT = 1.0
+    # Dictionary size K (paper's ablation: 20x128, 40x128, 60x128; best 40x128 = 5120).
+    cfg.MODEL.REID.OLP.DICT_SIZE = 5120
+    # Similarity scale s: logits s*cos (not in the paper's formula, where s = 1; s = 1 learns slowly).
+    cfg.MODEL.REID.OLP.SCALE = 10.0
+    # Unlabelled people's features are pushed into the dictionary as negatives (paper: yes).
+    cfg.MODEL.REID.OLP.PUSH_UNLABELED = True
+
+    # HEP loss (hard example priority softmax over a pool of classes), I-Net's classification loss.
+    cfg.MODEL.REID.HEP = CN()
+    # beta, the HEP loss weight (paper: 1).
+    cfg.MODEL.REID.HEP.WEIGHT = 1.0
+    # Priority pool size |P| (paper's ablation: 50, 100, 1000, all; best 100).
+    cfg.MODEL.REID.HEP.POOL_SIZE = 100
+    # Logit scale of the cosine classifier whose rows rank the hard classes (paper: unspecified).
+    cfg.MODEL.REID.HEP.SCALE = 10.0
+
+    # C2HEP loss (class-center guided HEP), DC-I-Net's classification loss.
+    cfg.MODEL.REID.C2HEP = CN()
+    # beta, the C2HEP loss weight (paper: 1).
+    cfg.MODEL.REID.C2HEP.WEIGHT = 1.0
+    # Priority pool size |P| over class centers (paper: 100).
+    cfg.MODEL.REID.C2HEP.POOL_SIZE = 100
+    # lambda, the scale of the cosine similarity to centers (paper: unspecified; suggested 30).
+    cfg.MODEL.REID.C2HEP.LAMBDA = 30.0
+    # phi, the center momentum c <- phi*c + (1-phi)*x (paper: unspecified; suggested 0.5).
+    cfg.MODEL.REID.C2HEP.MOMENTUM = 0.5
+    # Re-normalise a center to unit length after each update (suggested: yes).
+    cfg.MODEL.REID.C2HEP.RENORM = True
+
+    # OIM baseline (Xiao et al. 2017): labelled lookup table + circular queue of unlabelled features.
+    cfg.MODEL.REID.OIM = CN()
+    cfg.MODEL.REID.OIM.WEIGHT = 1.0
+    # Lookup-table momentum (OIM: 0.5).
+    cfg.MODEL.REID.OIM.MOMENTUM = 0.5
+    # Circular queue size for unlabelled identities (OIM: 5000).
+    cfg.MODEL.REID.OIM.QUEUE_SIZE = 5000
+    # Logit scale, 1/temperature (OIM: 30).
+    cfg.MODEL.REID.OIM.SCALE = 30.0
+
+    # Batch-hard triplet baseline (paper's "Triplet+HEP" row).
+    cfg.MODEL.REID.TRIPLET = CN()
+    cfg.MODEL.REID.TRIPLET.WEIGHT = 1.0
+    # Margin on cosine distance.
+    cfg.MODEL.REID.TRIPLET.MARGIN = 0.3
+
+    # Contrastive (pairwise) baseline of the input-number study.
+    cfg.MODEL.REID.CONTRASTIVE = CN()
+    cfg.MODEL.REID.CONTRASTIVE.WEIGHT = 1.0
+    # Negative pairs are pushed below this cosine similarity.
+    cfg.MODEL.REID.CONTRASTIVE.MARGIN = 0.5
+
+    # Training batches of images that share labelled identities ("on-line pairing"); SOLVER.IMS_PER_BATCH
+    # images a step in all (paper: 2; the input-number study: 4 and 8).
+    cfg.DATALOADER.PAIRED = CN()
+    # Use the paired-identity sampler for training (False: Detectron2's DATALOADER.SAMPLER_TRAIN).
+    cfg.DATALOADER.PAIRED.ENABLED = True
+    # Images per group sharing one labelled identity; groups fill each per-GPU batch.
+    cfg.DATALOADER.PAIRED.GROUP_SIZE = 2
+
+    cfg.TEST.PERSON_SEARCH = CN()
+    # Detections with score below this are dropped before search and detection metrics (field: 0.5).
+    cfg.TEST.PERSON_SEARCH.DET_THRESH = 0.5
+    # CUHK-SYSU gallery sizes to report (50, 100, 500, 1000, 2000, 4000; -1 = full set). The first is
+    # the headline number.
+    cfg.TEST.PERSON_SEARCH.GALLERY_SIZES = [100]
+    # Embed the annotated gallery boxes instead of detections (score 1): the paper's "GT" rows.
+    cfg.TEST.PERSON_SEARCH.GT_BOXES = False
+    # Generic galleries only: embed whole images, no detection (the paper's WebTattoo "without detection").
+    cfg.TEST.PERSON_SEARCH.WHOLE_IMAGE = False
+    # Write the results file (search_results.pth) and plots under OUTPUT_DIR/inference/<dataset>.
+    cfg.TEST.PERSON_SEARCH.SAVE_RESULTS = True
+    # Also run Detectron2's COCOEvaluator on the gallery (COCO-style detection AP).
+    cfg.TEST.PERSON_SEARCH.COCO_AP = True
