@@ -1,0 +1,108 @@
+"""PersonSearchEvaluator: Detectron2's DatasetEvaluator for person search (detection and search together).
+
+It consumes the outputs of one test loader over a gallery split followed by its query split
+(``dcinet_d2.data.build_person_search_test_loader``): gallery outputs hold detections with embeddings,
+query outputs (inputs with ``query_index``) the embedding of the query box. Works under distributed
+inference: every rank keeps its share, the main process gathers and scores.
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+
+from .offline import evaluate_search_results
+from .results import save_results
+
+logger = logging.getLogger(__name__)
+
+
+class PersonSearchEvaluator(DatasetEvaluator):
+    def __init__(self, dataset_name, output_dir=None, *, gallery_sizes=(100,), det_thresh=0.5,
+                 save=True):
+        """
+        Args:
+            dataset_name: a gallery split registered by dcinet_d2.data (metadata: dataset_format, root).
+            output_dir: where ``search_results.pth`` goes (None: not written).
+            gallery_sizes: CUHK-SYSU gallery sizes to report; the first is reported as mAP / top1.
+            det_thresh: detections below this score are ignored by the search and detection metrics.
+        """
+        meta = MetadataCatalog.get(dataset_name)
+        self._format, self._root = meta.dataset_format, meta.root
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir if save else None
+        self._gallery_sizes = list(gallery_sizes) if self._format == "cuhk_sysu" else [None]
+        self._det_thresh = det_thresh
+        self.reset()
+
+    def reset(self):
+        self._gallery, self._queries = {}, {}
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            inst = out["instances"].to("cpu")
+            if "query_index" in inp:
+                self._queries[inp["query_index"]] = inst.reid_embeddings[0]
+            else:
+                self._gallery[os.path.basename(inp["file_name"])] = {
+                    "boxes": inst.pred_boxes.tensor.float(), "scores": inst.scores.float(),
+                    "embeddings": inst.reid_embeddings.float()}
+
+    def _gathered(self):
+        comm.synchronize()
+        gallery, queries = {}, {}
+        for g, q in zip(comm.gather(self._gallery), comm.gather(self._queries)):
+            gallery.update(g)
+            queries.update(q)
+        return gallery, queries
+
+    def evaluate(self):
+        gallery, queries = self._gathered()
+        if not comm.is_main_process():
+            return {}
+        if sorted(queries) != list(range(len(queries))):
+            raise ValueError(f"{self._dataset_name}: query outputs are not a full 0..Q-1 range")
+        results = {"gallery": gallery, "queries": torch.stack([queries[i] for i in range(len(queries))])}
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            save_results(os.path.join(self._output_dir, "search_results.pth"), results)
+        return OrderedDict(search=self._metrics(results))
+
+    def _metrics(self, results):
+        metrics = {}
+        settings = [dict(gallery_size=n) for n in self._gallery_sizes if n is not None] or [{}]
+        if self._format == "prw":
+            settings = [dict(cross_camera=False), dict(cross_camera=True)]
+        for i, kwargs in enumerate(settings):
+            out = evaluate_search_results(results, self._format, self._root, det_thresh=self._det_thresh,
+                                          **kwargs)
+            suffix = "" if i == 0 else ("@cross_camera" if kwargs.get("cross_camera") else
+                                        f"@gallery{kwargs['gallery_size']}")
+            for key in ("mAP", "top1", "top5", "top10"):
+                metrics[key + suffix] = out[key]
+            if i == 0:
+                metrics.update({k: out[k] for k in ("det_ap", "det_recall") if k in out})
+        return metrics
+
+
+class GalleryCOCOEvaluator(COCOEvaluator):
+    """COCO-style detection AP on the gallery images only (query inputs share the loader)."""
+
+    def process(self, inputs, outputs):
+        pairs = [(i, o) for i, o in zip(inputs, outputs) if "query_index" not in i]
+        if pairs:
+            super().process(*map(list, zip(*pairs)))
+
+
+def build_person_search_evaluator(cfg, dataset_name, output_dir):
+    """The evaluators of a gallery split: search metrics, plus COCO-style AP unless boxes are given."""
+    ps = cfg.TEST.PERSON_SEARCH
+    evaluators = [PersonSearchEvaluator(dataset_name, output_dir, gallery_sizes=ps.GALLERY_SIZES,
+                                        det_thresh=ps.DET_THRESH, save=ps.SAVE_RESULTS)]
+    if ps.COCO_AP and not (ps.GT_BOXES or ps.WHOLE_IMAGE):
+        evaluators.append(GalleryCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
+                                               output_dir=output_dir, use_fast_impl=False))
+    return DatasetEvaluators(evaluators)

@@ -1,0 +1,102 @@
+"""Re-identification heads: pooled RoI features [R, C, S, S] -> L2-normalised embeddings [R, D].
+
+DC-I-Net gives re-id its own, deeper head (its own res5 stage, or a small conv stack for VGG16 / CPU
+configs) so that detection and re-id stop competing for one representation (METHOD.md, DC-I-Net 1.).
+I-Net embeds the detector's own box-head features with a single projection.
+"""
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
+from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
+from torch import nn
+
+
+def build_res5_stage(cfg, in_channels, norm):
+    """A fresh res5 stage shaped as MODEL.RESNETS describes (stride 2). Returns (nn.Sequential, out_channels).
+
+    Its submodules are named like a backbone's res5 so that ImageNet res5 weights load into it by name.
+    """
+    r = cfg.MODEL.RESNETS
+    out_channels = r.RES2_OUT_CHANNELS * 8
+    common = dict(in_channels=in_channels, out_channels=out_channels, norm=norm)
+    if r.DEPTH in (18, 34):
+        blocks = ResNet.make_stage(BasicBlock, 2 if r.DEPTH == 18 else 3, stride_per_block=[2, 1], **common)
+    else:
+        blocks = ResNet.make_stage(
+            BottleneckBlock, 3, stride_per_block=[2, 1, 1],
+            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8, num_groups=r.NUM_GROUPS,
+            stride_in_1x1=r.STRIDE_IN_1X1, **common)
+    return nn.Sequential(*blocks), out_channels
+
+
+class EmbeddingProjection(nn.Module):
+    """features [R, C] (or [R, C, H, W], averaged) -> Linear -> L2-normalised embeddings [R, D]."""
+
+    def __init__(self, in_channels, embed_dim):
+        super().__init__()
+        self.proj = nn.Linear(in_channels, embed_dim)
+        nn.init.normal_(self.proj.weight, std=0.01)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        if x.dim() == 4:
+            x = x.mean(dim=(2, 3))
+        return F.normalize(self.proj(x.flatten(1)), dim=1)
+
+
+class Res5ReIDHead(nn.Module):
+    """DC-I-Net's re-id head on ResNets: its own res5 stage, global average pooling, embedding."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        self.res5, out_channels = build_res5_stage(cfg, input_shape.channels, cfg.MODEL.REID.NORM)
+        self.embed = EmbeddingProjection(out_channels, cfg.MODEL.REID.EMBED_DIM)
+
+    def forward(self, x):
+        return self.embed(self.res5(x))
+
+
+class ConvReIDHead(nn.Module):
+    """DC-I-Net's re-id head for VGG16 and small CPU models: 3x3 conv stack, pooling, embedding."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        r = cfg.MODEL.REID
+        layers, channels = [], input_shape.channels
+        for _ in range(r.CONV_LAYERS):
+            layers.append(Conv2d(channels, r.CONV_DIM, 3, padding=1, bias=not r.NORM,
+                                 norm=get_norm(r.NORM, r.CONV_DIM), activation=F.relu))
+            channels = r.CONV_DIM
+        self.convs = nn.Sequential(*layers)
+        self.embed = EmbeddingProjection(channels, r.EMBED_DIM)
+
+    def forward(self, x):
+        return self.embed(self.convs(x))
+
+
+REID_HEADS = {"Res5": Res5ReIDHead, "Conv": ConvReIDHead}
+
+
+def build_reid_head(cfg, input_shape: ShapeSpec) -> nn.Module:
+    """The re-id head named by MODEL.REID.HEAD, for pooled features of ``input_shape.channels``."""
+    name = cfg.MODEL.REID.HEAD
+    if name not in REID_HEADS:
+        raise ValueError(f"MODEL.REID.HEAD = {name!r}: unknown re-id head; expected one of {sorted(REID_HEADS)}")
+    return REID_HEADS[name](cfg, input_shape)
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class Res5BoxHead(nn.Module):
+    """The C4 box head as a ROI_BOX_HEAD (res5 per RoI, then average pooling), so that C4 models run
+    through StandardROIHeads: [R, C, 14, 14] -> [R, 8 * RES2_OUT_CHANNELS]."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        self.res5, self._out_channels = build_res5_stage(cfg, input_shape.channels, cfg.MODEL.RESNETS.NORM)
+
+    def forward(self, x):
+        return self.res5(x).mean(dim=(2, 3))
+
+    @property
+    def output_shape(self):
+        return ShapeSpec(channels=self._out_channels)
