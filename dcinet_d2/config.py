@@ -52,6 +52,9 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.HEP.WEIGHT = 1.0
     # Priority pool size |P| (paper's ablation: 50, 100, 1000, all; best 100).
     cfg.MODEL.REID.HEP.POOL_SIZE = 100
+    # Hard negative classes per sample in the pool (ranks taken round robin across the batch's samples);
+    # 0 = no limit: hard classes fill the pool, random ones only if they run out (paper: unspecified).
+    cfg.MODEL.REID.HEP.HARD_PER_SAMPLE = 0
     # Logit scale of the cosine classifier whose rows rank the hard classes (paper: unspecified).
     cfg.MODEL.REID.HEP.SCALE = 10.0
 
@@ -61,6 +64,8 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.C2HEP.WEIGHT = 1.0
     # Priority pool size |P| over class centers (paper: 100).
     cfg.MODEL.REID.C2HEP.POOL_SIZE = 100
+    # Hard negative classes per sample in the pool, ranked by cosine to the centers; 0 = no limit (as HEP).
+    cfg.MODEL.REID.C2HEP.HARD_PER_SAMPLE = 0
     # lambda, the scale of the cosine similarity to centers (paper: unspecified; suggested 30).
     cfg.MODEL.REID.C2HEP.LAMBDA = 30.0
     # phi, the center momentum c <- phi*c + (1-phi)*x (paper: unspecified; suggested 0.5).

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Model speed on this machine (CPU): a training step of the small CPU config, and the per-image
+inference cost of DC-I-Net ResNet50 against Detectron2's plain Faster R-CNN R50-C4 at the field's test size.
+
+    python scripts/benchmark_model.py [--cpu-config configs/cpu/dcinet_r18_synth.yaml] [--steps 20]
+                                      [--images 3] [--skip-r50]
+
+Prints a markdown table for BENCHMARKS.md. Random weights and random images: speed does not depend on them,
+but the number of detections does, so the R50 comparison fixes it by embedding a fixed set of 100 boxes.
+"""
+import argparse
+import time
+
+import torch
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import dcinet_d2  # noqa: F401
+from dcinet_d2 import add_dcinet_config
+from dcinet_d2.testing import random_batch
+
+
+def load_cfg(path, *opts):
+    cfg = get_cfg()
+    add_dcinet_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    if cfg.MODEL.REID.NUM_IDENTITIES == 0:
+        cfg.MODEL.REID.NUM_IDENTITIES = 100
+    return cfg
+
+
+def time_train_steps(cfg, steps):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    size = (cfg.INPUT.MIN_SIZE_TRAIN[0], int(cfg.INPUT.MIN_SIZE_TRAIN[0] * 4 / 3))
+    times = []
+    with EventStorage():
+        for step in range(steps + 2):
+            batch = random_batch(2, size=size, pids=((0, 1, 2, -1), (0, 1, 3)), seed=step)
+            start = time.perf_counter()
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step >= 2:  # the first steps warm up allocators
+                times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], size
+
+
+def time_inference(model, images, boxes=None):
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i, img in enumerate(images):
+            inp = {"image": img, "height": img.shape[1], "width": img.shape[2]}
+            start = time.perf_counter()
+            model([inp])
+            times.append(time.perf_counter() - start)
+    return sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu-config", default="configs/cpu/dcinet_r18_synth.yaml")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--images", type=int, default=3, help="R50 inference images (the first is warm-up)")
+    p.add_argument("--skip-r50", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    median, size = time_train_steps(load_cfg(args.cpu_config), args.steps)
+    rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s (median of {args.steps}) |")
+    if not args.skip_r50:
+        g = torch.Generator().manual_seed(0)
+        images = [(torch.rand(3, 900, 1200, generator=g) * 255).to(torch.uint8) for _ in range(args.images)]
+        plain = get_cfg()
+        plain.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"))
+        plain.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+                               "INPUT.MIN_SIZE_TEST", "900", "INPUT.MAX_SIZE_TEST", "1500",
+                               "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+        ours = load_cfg("configs/cuhk_sysu/dcinet_r50.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+        torch.manual_seed(0)
+        t_plain = time_inference(build_model(plain).eval(), images)
+        torch.manual_seed(0)
+        t_ours = time_inference(build_model(ours).eval(), images)
+        rows.append(f"| Faster R-CNN R50-C4 (Detectron2), 900x1200 input, per image | {t_plain:.2f} s |")
+        rows.append(f"| DC-I-Net R50 (`configs/cuhk_sysu/dcinet_r50.yaml`), same input, per image | {t_ours:.2f} s |")
+        rows.append(f"| ratio DC-I-Net / Faster R-CNN | {t_ours / t_plain:.2f} |")
+    print("| measurement | value |\n|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
