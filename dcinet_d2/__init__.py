@@ -1,4 +1,10 @@
-"""dcinet-d2: importing this package registers its ROI heads, backbones and datasets with Detectron2."""
+"""dcinet-d2: I-Net and DC-I-Net for image search on Detectron2.
+
+Importing this package registers with Detectron2 what it adds: the PersonSearchRCNN meta-architecture,
+the INetROIHeads / DCINetROIHeads ROI heads, the Res5BoxHead box head, the VGG16 backbone and the
+standard datasets (CUHK-SYSU, PRW, the synthetic ones).
+"""
+from . import data, modeling  # noqa: F401  (registration)
 from .config import add_dcinet_config
 
 __all__ = ["add_dcinet_config"]

@@ -15,8 +15,8 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 
 import dcinet_d2  # noqa: F401  (registers datasets, heads, backbones)
 from dcinet_d2 import add_dcinet_config
-from dcinet_d2.data import build_person_search_test_loader, build_person_search_train_loader
-from dcinet_d2.data.build import resolve_num_identities
+from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_identities
+from dcinet_d2.data.sampler import build_person_search_train_loader
 from dcinet_d2.evaluation import build_person_search_evaluator
 
 

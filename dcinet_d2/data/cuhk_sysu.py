@@ -1,0 +1,359 @@
+"""CUHK-SYSU: parsers of its MATLAB files and the Detectron2 dataset dicts of its three splits.
+
+Layout under ``root`` (PROTOCOLS.md "Dataset layouts", datasets/README.md)::
+
+    Image/SSM/*.jpg
+    annotation/Images.mat                     Img: per image imname, nAppear, box (struct array: idlocate x,y,w,h)
+    annotation/pool.mat                       pool: the test image names
+    annotation/test/train_test/Train.mat      Train: per training identity idname, nAppear, scene (imname, idlocate)
+    annotation/test/train_test/TestG{N}.mat   TestG{N}: per query Query (imname, idlocate uint16, ishard, idname)
+                                              and Gallery (N entries of imname, idlocate (empty: absent), ishard)
+
+The parsers (``read_*``) return the field's boxes exactly (no clipping to the image: they do not know its
+size), are cached per file (path, modification time, size) and return read-only arrays: do not modify them.
+"""
+import functools
+import glob
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import scipy.io as sio
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .generic import build_dataset_dicts, set_num_identities
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "read_images",
+    "read_pool",
+    "read_train_identities",
+    "read_test_protocol",
+    "protocol_gallery_sizes",
+    "identity_number",
+    "load_cuhk_sysu",
+    "register_cuhk_sysu",
+]
+
+SPLITS = ("train", "gallery", "query")
+IMAGE_DIR = os.path.join("Image", "SSM")
+PROTOCOL_DIR = os.path.join("annotation", "test", "train_test")
+
+
+# ----------------------------------------------------------------------------- file access
+def _file_key(path, what):
+    """Cache key of a file (absolute path, mtime, size); FileNotFoundError naming what was expected."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (expected {what})")
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_mtime_ns, st.st_size
+
+
+def _load_key(path, key):
+    """The variable ``key`` of a .mat file; ValueError naming the file if it is absent."""
+    mat = sio.loadmat(path)
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path}: no variable '{key}' (found {found})")
+    return mat[key]
+
+
+def _fields(array, path, names):
+    if array.dtype.names is None or any(n not in array.dtype.names for n in names):
+        raise ValueError(f"{path}: expected a struct array with fields {names}, got {array.dtype.names}")
+
+
+def _text(cell):
+    """A MATLAB char array as loadmat returns it (``array(['s1.jpg'])``) -> str."""
+    flat = np.asarray(cell).reshape(-1)
+    return str(flat[0]) if flat.size else ""
+
+
+def _readonly(array):
+    array.setflags(write=False)
+    return array
+
+
+def _xywh_to_xyxy(xywh, path, where):
+    """idlocate (any numeric dtype, 4 values) -> float64 XYXY; signed arithmetic (uint16 would wrap)."""
+    box = np.asarray(xywh).reshape(-1)
+    if box.size != 4:
+        raise ValueError(f"{path}: {where}: idlocate has {box.size} values, expected x, y, w, h")
+    box = box.astype(np.float64)
+    box[2:] += box[:2]
+    return box
+
+
+# ----------------------------------------------------------------------------- Images.mat
+@functools.lru_cache(maxsize=4)
+def _read_images(key):
+    path = key[0]
+    img = _load_key(path, "Img").reshape(-1)
+    _fields(img, path, ["imname", "box"])
+    names = [_text(n) for n in img["imname"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate image names")
+    counts = np.zeros(len(img), dtype=np.int64)
+    locs = []
+    for i, box in enumerate(img["box"]):
+        if box.size and box.dtype.names is not None:
+            _fields(box, path, ["idlocate"])
+            flat = box["idlocate"].reshape(-1)
+            counts[i] = len(flat)
+            locs.extend(flat)
+    sizes = np.fromiter(map(np.size, locs), dtype=np.int64, count=len(locs))
+    if np.any(sizes != 4):
+        j = int(np.flatnonzero(sizes != 4)[0])
+        owner = int(np.searchsorted(np.cumsum(counts), j, side="right"))
+        raise ValueError(f"{path}: image {names[owner]}: a box idlocate has {sizes[j]} values, expected x, y, w, h")
+    xyxy = (np.concatenate([a.reshape(1, 4) for a in locs]).astype(np.float64) if locs
+            else np.zeros((0, 4)))
+    if not np.all(np.isfinite(xyxy)):
+        raise ValueError(f"{path}: non-finite box coordinates")
+    valid = (xyxy[:, 2] > 0) & (xyxy[:, 3] > 0)
+    xyxy[:, 2:] += xyxy[:, :2]
+    if not valid.all():
+        logger.warning("%s: %d boxes with zero or negative width/height dropped", path, int((~valid).sum()))
+    ends = np.cumsum(counts)
+    return {name: _readonly(xyxy[s:e][valid[s:e]]) for name, s, e in zip(names, ends - counts, ends)}
+
+
+def read_images(root):
+    """All images of ``annotation/Images.mat`` with their boxes.
+
+    Returns:
+        dict[str, np.ndarray[n, 4] float64]: image name -> boxes XYXY absolute pixels, in file order; boxes
+        with w <= 0 or h <= 0 are dropped (one warning with their count).
+    """
+    path = os.path.join(root, "annotation", "Images.mat")
+    return dict(_read_images(_file_key(path, "the CUHK-SYSU image annotations (Img)")))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pool(key):
+    return tuple(_text(n) for n in _load_key(key[0], "pool").reshape(-1))
+
+
+def read_pool(root):
+    """Names of the test images (``annotation/pool.mat``, ``pool``), in file order: list[str]."""
+    path = os.path.join(root, "annotation", "pool.mat")
+    return list(_read_pool(_file_key(path, "the CUHK-SYSU test pool (pool)")))
+
+
+# ----------------------------------------------------------------------------- Train.mat
+@functools.lru_cache(maxsize=4)
+def _read_train(key):
+    path = key[0]
+    identities = []
+    for t, cell in enumerate(_load_key(path, "Train").reshape(-1)):
+        person = np.asarray(cell).reshape(-1)
+        if person.size != 1:
+            raise ValueError(f"{path}: identity {t}: expected one struct (idname, nAppear, scene)")
+        _fields(person, path, ["idname", "scene"])
+        person = person[0]
+        scenes = np.asarray(person["scene"]).reshape(-1)
+        _fields(scenes, path, ["imname", "idlocate"])
+        appearances = tuple((_text(s["imname"]), _readonly(_xywh_to_xyxy(s["idlocate"], path, f"identity {t}")))
+                            for s in scenes)
+        identities.append((_text(person["idname"]), appearances))
+    return tuple(identities)
+
+
+def read_train_identities(root):
+    """Training identities of ``Train.mat``, in file order (their index is the contiguous id 0..T-1).
+
+    Returns:
+        list[tuple[str, tuple[tuple[str, np.ndarray[4]], ...]]]: (idname, ((image name, XYXY box), ...)).
+    """
+    path = os.path.join(root, PROTOCOL_DIR, "Train.mat")
+    return list(_read_train(_file_key(path, "the CUHK-SYSU training identities (Train)")))
+
+
+# ----------------------------------------------------------------------------- TestG{N}.mat
+def _gallery_entries(gallery, path, qi):
+    """One query's Gallery struct array -> list of (image name, XYXY int32 box or None)."""
+    entries = np.asarray(gallery).reshape(-1)
+    if entries.size == 0:
+        return []
+    _fields(entries, path, ["imname", "idlocate"])
+    # interned: TestG4000 lists 11.6M entries naming only the 6,978 pool images
+    names = list(map(sys.intern, np.concatenate([np.asarray(n).reshape(-1) for n in entries["imname"]]).tolist()))
+    if len(names) != entries.size:
+        raise ValueError(f"{path}: query {qi}: a gallery entry has no image name")
+    locs = entries["idlocate"]
+    boxes = [None] * entries.size
+    for j in np.flatnonzero(np.fromiter(map(np.size, locs), dtype=np.int64, count=len(locs))):
+        boxes[j] = _readonly(_xywh_to_xyxy(locs[j], path, f"query {qi}, gallery entry {j}").astype(np.int32))
+    return list(zip(names, boxes))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_protocol(key, gallery_size):
+    path = key[0]
+    protocol = _load_key(path, f"TestG{gallery_size}").reshape(-1)
+    _fields(protocol, path, ["Query", "Gallery"])
+    queries = []
+    for qi, (query, gallery) in enumerate(zip(protocol["Query"], protocol["Gallery"])):
+        q = np.asarray(query).reshape(-1)
+        if q.size != 1:
+            raise ValueError(f"{path}: query {qi}: expected one Query struct, got {q.size}")
+        _fields(q, path, ["imname", "idlocate", "idname"])
+        q = q[0]
+        queries.append({
+            "query_image": _text(q["imname"]),
+            "query_box": _readonly(_xywh_to_xyxy(q["idlocate"], path, f"query {qi}").astype(np.int32)),
+            "pid": _text(q["idname"]),
+            "gallery": _gallery_entries(gallery, path, qi),
+        })
+    return tuple(queries)
+
+
+def protocol_gallery_sizes(root):
+    """Gallery sizes N whose ``TestG{N}.mat`` exists under ``root``, ascending: list[int]."""
+    files = glob.glob(os.path.join(glob.escape(os.path.join(root, PROTOCOL_DIR)), "TestG*.mat"))
+    return sorted(int(m.group(1)) for m in (re.fullmatch(r"TestG(\d+)\.mat", os.path.basename(f)) for f in files)
+                  if m)
+
+
+def _query_signature(queries):
+    return [(q["query_image"], tuple(q["query_box"].tolist()), q["pid"]) for q in queries]
+
+
+def read_test_protocol(root, gallery_size):
+    """The queries and galleries of ``annotation/test/train_test/TestG{gallery_size}.mat``.
+
+    The field's sizes are 50, 100, 500, 1000, 2000, 4000 (-1, the full set, is built by the evaluation);
+    any size whose file exists is read. Every TestG file must hold the same queries in the same order as
+    the smallest one (ValueError otherwise).
+
+    Returns:
+        list[dict]: per query ``query_image`` (str), ``query_box`` (np.ndarray[4] int32 XYXY: idlocate is
+        uint16, converted in int32), ``pid`` (str: the idname), ``gallery`` (list of (image name,
+        np.ndarray[4] int32 XYXY, or None where the person is absent), in file order; the person's
+        entries come first, and an image may be listed twice).
+    """
+    if int(gallery_size) <= 0:
+        raise ValueError(f"gallery size {gallery_size}: expected a positive N of a TestG{{N}}.mat file")
+    path = os.path.join(root, PROTOCOL_DIR, f"TestG{int(gallery_size)}.mat")
+    queries = _read_protocol(_file_key(path, f"the CUHK-SYSU protocol TestG{int(gallery_size)}"), int(gallery_size))
+    sizes = protocol_gallery_sizes(root)
+    if sizes and sizes[0] != int(gallery_size):
+        reference = read_test_protocol(root, sizes[0])
+        if _query_signature(reference) != _query_signature(queries):
+            raise ValueError(f"{path}: its queries differ from those of TestG{sizes[0]}.mat (all TestG files "
+                             "must hold the same queries in the same order)")
+    return list(queries)
+
+
+# ----------------------------------------------------------------------------- dataset dicts
+def identity_number(idname):
+    """Integer identity of a CUHK-SYSU idname: its digits (``"p5533"`` -> 5533); ValueError without digits."""
+    digits = re.sub(r"\D", "", idname)
+    if not digits:
+        raise ValueError(f"identity name {idname!r} has no digits (expected e.g. 'p5533')")
+    return int(digits)
+
+
+def _attach(boxes, pids, name, box, pid):
+    """Give ``pid`` to the box of image ``name`` equal to ``box``; False if there is none."""
+    if name not in boxes:
+        return False
+    match = np.flatnonzero(np.all(boxes[name] == box, axis=1))
+    if match.size:
+        pids[name][match[0]] = pid
+    return bool(match.size)
+
+
+def _records(boxes, pids):
+    return [{"image_id": n, "boxes": boxes[n], "person_ids": pids[n]} for n in boxes]
+
+
+def _train_records(root):
+    pool = set(read_pool(root))
+    boxes = {n: b for n, b in read_images(root).items() if n not in pool}
+    pids = {n: np.full(len(b), -1, dtype=np.int64) for n, b in boxes.items()}
+    identities = read_train_identities(root)
+    unmatched = sum(not _attach(boxes, pids, name, box, t)
+                    for t, (_, appearances) in enumerate(identities) for name, box in appearances)
+    if unmatched:
+        logger.warning("CUHK-SYSU %s: %d Train.mat boxes match no training box of Images.mat: ignored",
+                       root, unmatched)
+    return _records(boxes, pids), len(identities)
+
+
+def _gallery_records(root):
+    images = read_images(root)
+    pool = read_pool(root)
+    missing = [n for n in pool if n not in images]
+    if missing:
+        raise ValueError(f"{os.path.join(root, 'annotation', 'pool.mat')}: {len(missing)} test images are not "
+                         f"in Images.mat (e.g. {missing[0]})")
+    boxes = {n: images[n] for n in pool}
+    pids = {n: np.full(len(b), -1, dtype=np.int64) for n, b in boxes.items()}
+    sizes = protocol_gallery_sizes(root)
+    if not sizes:
+        raise FileNotFoundError(f"{os.path.join(root, PROTOCOL_DIR)}: no TestG{{N}}.mat protocol file")
+    unmatched = 0
+    for q in read_test_protocol(root, sizes[0]):
+        pid = identity_number(q["pid"])
+        unmatched += not _attach(boxes, pids, q["query_image"], q["query_box"], pid)
+        for name, box in q["gallery"]:
+            if box is not None:
+                unmatched += not _attach(boxes, pids, name, box, pid)
+    if unmatched:
+        logger.warning("CUHK-SYSU %s: %d protocol boxes match no test box of Images.mat", root, unmatched)
+    return _records(boxes, pids)
+
+
+def _query_records(root):
+    sizes = protocol_gallery_sizes(root)
+    if not sizes:
+        raise FileNotFoundError(f"{os.path.join(root, PROTOCOL_DIR)}: no TestG{{N}}.mat protocol file")
+    return [{"image_id": q["query_image"], "boxes": q["query_box"].reshape(1, 4),
+             "person_ids": [identity_number(q["pid"])], "extra": {"query_index": i}}
+            for i, q in enumerate(read_test_protocol(root, sizes[0]))]
+
+
+def load_cuhk_sysu(root, split, dataset_name=None):
+    """Detectron2 dataset dicts of a CUHK-SYSU split (ARCHITECTURE.md "Dataset dicts").
+
+    Args:
+        root (str): dataset root (``Image/SSM``, ``annotation``).
+        split (str): "train" (images outside the pool; Train.mat identities attached by exact box match
+            as contiguous ids 0..T-1 in Train.mat order, other people -1), "gallery" (the pool images with
+            all their boxes; identities from the smallest TestG file: the digits of the idname) or "query"
+            (one dict per query of the smallest TestG file, TestG50 for the real dataset, in its order).
+        dataset_name (str or None): registered name; a train split records ``num_identities`` in it.
+    Returns:
+        list[dict]
+    """
+    if split not in SPLITS:
+        raise ValueError(f"CUHK-SYSU split {split!r} is not one of {SPLITS}")
+    name = dataset_name or f"cuhk_sysu:{root}:{split}"
+    image_dir = os.path.join(root, IMAGE_DIR)
+    if split == "train":
+        records, num_ids = _train_records(root)
+        if dataset_name:
+            set_num_identities(dataset_name, num_ids)
+        return build_dataset_dicts(name, image_dir, records)
+    if split == "gallery":
+        return build_dataset_dicts(name, image_dir, _gallery_records(root))
+    return build_dataset_dicts(name, image_dir, _query_records(root), query=True)
+
+
+def register_cuhk_sysu(prefix, root):
+    """Register ``f"{prefix}_train"``, ``f"{prefix}_gallery"``, ``f"{prefix}_query"`` (loaded lazily).
+
+    Metadata: ``thing_classes=["person"]``, ``evaluator_type="person_search"``, ``dataset_format="cuhk_sysu"``,
+    ``root``, ``split``; gallery: ``query_set``; train: ``num_identities`` once its dicts are loaded.
+    """
+    for split in SPLITS:
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(name, functools.partial(load_cuhk_sysu, root, split, name))
+        meta = MetadataCatalog.get(name).set(thing_classes=["person"], evaluator_type="person_search",
+                                             dataset_format="cuhk_sysu", root=root, split=split)
+        if split == "gallery":
+            meta.set(query_set=f"{prefix}_query")
