@@ -4,9 +4,14 @@ Every default the paper leaves open is a key here, with the value METHOD.md sugg
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.vgg import add_vgg_config
+
 
 def add_dcinet_config(cfg):
-    """Add the MODEL.REID, TEST.PERSON_SEARCH and DATALOADER.PAIRED nodes to a Detectron2 config, in place."""
+    """Add the MODEL.REID, MODEL.VGG, TEST.PERSON_SEARCH and DATALOADER.PAIRED nodes to a Detectron2 config,
+    in place."""
+    # MODEL.VGG: the VGG16 backbone of the paper's VGG16 rows (keys described in modeling/vgg.py).
+    add_vgg_config(cfg)
     cfg.MODEL.REID = CN()
     # Dimension D of the L2-normalised re-id embedding (paper: unspecified; METHOD.md suggests 256).
     cfg.MODEL.REID.EMBED_DIM = 256

@@ -2,7 +2,7 @@
 """Train and evaluate I-Net / DC-I-Net with Detectron2.
 
     python scripts/train_net.py --config-file configs/cpu/dcinet_r18_synth.yaml MODEL.DEVICE cpu
-    python scripts/train_net.py --config-file configs/cuhk_sysu/dcinet_r50.yaml --num-gpus 8
+    python scripts/train_net.py --config-file configs/cuhk_sysu/dcinet_r50.yaml --num-gpus 1
     python scripts/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
 import os

@@ -30,18 +30,29 @@ def build_res5_stage(cfg, in_channels, norm):
 
 
 class EmbeddingProjection(nn.Module):
-    """features [R, C] (or [R, C, H, W], averaged) -> Linear -> L2-normalised embeddings [R, D]."""
+    """features [R, C] (or [R, C, H, W], averaged) -> Linear -> BatchNorm1d -> L2-normalised embeddings [R, D].
+
+    The batch norm matters: pooled ReLU features are non-negative and share a large common component, so a
+    plain projection maps every box to nearly the same direction and the re-id losses start (and can stay)
+    at their collapsed value log(K + 1); centring each embedding dimension removes that component.
+    """
 
     def __init__(self, in_channels, embed_dim):
         super().__init__()
-        self.proj = nn.Linear(in_channels, embed_dim)
+        self.proj = nn.Linear(in_channels, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=0.01)
-        nn.init.zeros_(self.proj.bias)
+        self.bn = nn.BatchNorm1d(embed_dim)
 
     def forward(self, x):
         if x.dim() == 4:
             x = x.mean(dim=(2, 3))
-        return F.normalize(self.proj(x.flatten(1)), dim=1)
+        x = self.proj(x.flatten(1))
+        if self.training and x.shape[0] < 2:  # batch statistics need two samples: use the running ones
+            x = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
+                             training=False, eps=self.bn.eps)
+        else:
+            x = self.bn(x)
+        return F.normalize(x, dim=1)
 
 
 class Res5ReIDHead(nn.Module):
@@ -49,11 +60,14 @@ class Res5ReIDHead(nn.Module):
 
     def __init__(self, cfg, input_shape: ShapeSpec):
         super().__init__()
-        self.res5, out_channels = build_res5_stage(cfg, input_shape.channels, cfg.MODEL.REID.NORM)
+        # Not named "res5": Detectron2 matches ImageNet checkpoint keys by suffix, and "res5.*" would then
+        # match both this stage and the C4 box head's. DCINetROIHeads copies the box head's res5 here
+        # when a checkpoint has no re-id head (ImageNet initialisation of both stages).
+        self.reid_res5, out_channels = build_res5_stage(cfg, input_shape.channels, cfg.MODEL.REID.NORM)
         self.embed = EmbeddingProjection(out_channels, cfg.MODEL.REID.EMBED_DIM)
 
     def forward(self, x):
-        return self.embed(self.res5(x))
+        return self.embed(self.reid_res5(x))
 
 
 class ConvReIDHead(nn.Module):

@@ -5,6 +5,7 @@ head for CPU configs) with a re-id branch whose embeddings ([N, D], L2-normalise
 inference as ``Instances.reid_embeddings``. ``forward_with_given_boxes`` embeds any given boxes, which is
 how query boxes and ground-truth gallery boxes are embedded (see ``dcinet_d2.modeling.query``).
 """
+import logging
 from typing import Dict, List
 
 import torch
@@ -16,6 +17,8 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .reid_head import EmbeddingProjection, build_reid_head
 from .reid_loss import ReIDLoss
+
+logger = logging.getLogger(__name__)
 
 
 def _pids_of(proposals: Instances) -> torch.Tensor:
@@ -119,6 +122,20 @@ class DCINetROIHeads(ReIDROIHeads):
         self.iou_threshold = iou_threshold
         self.boxes_per_image = boxes_per_image
         self.add_gt_boxes = add_gt_boxes
+        self._register_load_state_dict_pre_hook(self._init_reid_res5_from_box_head)
+
+    def _init_reid_res5_from_box_head(self, state_dict, prefix, *args):
+        """A checkpoint without re-id head weights (ImageNet) initialises a Res5 re-id head with the
+        box head's res5 weights, so that both heads start from the pretrained stage (METHOD.md: DC-I-Net's
+        re-id head is a separate res5)."""
+        if not hasattr(self.reid_head, "reid_res5") or any(k.startswith(prefix + "reid_head.") for k in state_dict):
+            return
+        src, dst = prefix + "box_head.res5.", prefix + "reid_head.reid_res5."
+        copied = {dst + k[len(src):]: v for k, v in state_dict.items() if k.startswith(src)}
+        own = self.reid_head.reid_res5.state_dict()
+        if copied and all(k[len(dst):] in own and own[k[len(dst):]].shape == v.shape for k, v in copied.items()):
+            state_dict.update(copied)
+            logger.info("re-id head res5 initialised from the box head's res5 (%d tensors)", len(copied))
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -7,14 +7,13 @@ flattening order equals torchvision's ``classifier``). Parameter names follow Ca
 ``convert_torchvision_vgg16`` and ``scripts/convert_vgg16_torchvision.py``.
 
 Config keys (``add_vgg_config``):
-- ``MODEL.VGG.NORM``: normalisation after every conv ("" = none, as the ImageNet VGG16; "BN", "GN",
-  "SyncBN", "FrozenBN" for from-scratch training).
+- ``MODEL.VGG.NORM``: normalisation after every conv ("" = none, as the ImageNet VGG16; "BN", "GN" or
+  "SyncBN" for from-scratch training; "FrozenBN").
 - ``MODEL.VGG.OUT_FEATURES``: any of "vgg_conv1" .. "vgg_conv5" (block k's last conv after ReLU, before
   its pooling: stride 2**(k-1); channels 64, 128, 256, 512, 512).
 - ``MODEL.BACKBONE.FREEZE_AT`` (Detectron2's key) = k freezes conv blocks 1..k (0: none, 5: all). The
   default 2 freezes conv1_x and conv2_x, as py-faster-rcnn's VGG16 models do.
 """
-import logging
 from typing import Dict, List, Mapping, Sequence
 
 import torch
@@ -31,8 +30,6 @@ __all__ = [
     "convert_torchvision_vgg16",
     "vgg16_layer_names",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Output channels of each conv, block by block (VGG "configuration D").
 _VGG16_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

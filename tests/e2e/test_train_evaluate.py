@@ -1,0 +1,82 @@
+"""End to end, as a user runs it: synthetic data -> train_net.py (CPU) -> evaluation -> dcinet-eval.
+
+The trained model must search far better than the same detections with shuffled embeddings (chance),
+the offline evaluation of the saved results must equal the online numbers, and --eval-only of the saved
+model must reproduce them.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ITERS = int(os.environ.get("DCINET_E2E_ITERS", "300"))
+
+
+def _run(args, env):
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _final_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if "search/mAP" in r][-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ, DCINET_DATASETS=str(base / "datasets"), OMP_NUM_THREADS="2")
+    data = base / "datasets" / "synthetic_cuhk_sysu"
+    _run(["-m", "dcinet_d2.data.synthetic", "--out", str(data), "--format", "cuhk_sysu", "--seed", "0"], env)
+    out = base / "output"
+    _run(["scripts/train_net.py", "--config-file", "configs/cpu/dcinet_r18_synth.yaml",
+          "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", str(ITERS)], env)
+    return {"env": env, "data": data, "out": out}
+
+
+@pytest.mark.slow
+def test_trained_model_searches_far_above_chance(trained):
+    from dcinet_d2.evaluation import evaluate_search_results, load_results
+
+    metrics = _final_metrics(trained["out"])
+    results_file = trained["out"] / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth"
+    results = load_results(str(results_file))
+    g = torch.Generator().manual_seed(0)
+    shuffled = {"gallery": {k: dict(v, embeddings=v["embeddings"][torch.randperm(len(v["embeddings"]), generator=g)])
+                            for k, v in results["gallery"].items()},
+                "queries": results["queries"][torch.randperm(len(results["queries"]), generator=g)]}
+    chance = evaluate_search_results(shuffled, "cuhk_sysu", str(trained["data"]), gallery_size=100)
+    print("trained:", {k: metrics[k] for k in metrics if "/" in k}, "chance mAP:", chance["mAP"])
+    assert metrics["search/det_ap"] > 50.0
+    assert metrics["search/mAP"] > 2 * chance["mAP"] and metrics["search/mAP"] > 30.0
+    assert metrics["bbox/AP50"] > 50.0
+
+
+@pytest.mark.slow
+def test_offline_evaluation_equals_online(trained):
+    results_file = trained["out"] / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth"
+    res = _run(["-m", "dcinet_d2.evaluation.offline", "--format", "cuhk_sysu", "--root", str(trained["data"]),
+                "--results", str(results_file), "--gallery-size", "100"], trained["env"])
+    offline = json.loads(res.stdout.strip().splitlines()[-1])
+    online = _final_metrics(trained["out"])
+    for key in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall"):
+        assert offline[key] == pytest.approx(online[f"search/{key}"], abs=1e-3), key
+
+
+@pytest.mark.slow
+def test_eval_only_reproduces_metrics(trained):
+    out = trained["out"]
+    eval_dir = out / "eval_only"
+    _run(["scripts/train_net.py", "--config-file", "configs/cpu/dcinet_r18_synth.yaml", "--eval-only",
+          "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(eval_dir),
+          "TEST.PERSON_SEARCH.COCO_AP", "False"], trained["env"])
+    again = torch.load(eval_dir / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth", weights_only=True)
+    first = torch.load(out / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth", weights_only=True)
+    assert torch.allclose(again["queries"], first["queries"], atol=1e-5)
+    assert again["gallery"].keys() == first["gallery"].keys()
