@@ -4,6 +4,12 @@ Importing this package registers with Detectron2 what it adds: the PersonSearchR
 the INetROIHeads / DCINetROIHeads ROI heads, the Res5BoxHead box head, the VGG16 backbone and the
 standard datasets (CUHK-SYSU, PRW, the synthetic ones).
 """
+import warnings
+
+# Detectron2 0.6 scripts a few helpers at import time; torch >= 2.9 warns about every such call. The warning
+# says nothing about this package's use, and it would precede every command-line message.
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+
 from . import data, modeling  # noqa: F401  (registration)
 from .config import add_dcinet_config
 

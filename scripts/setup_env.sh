@@ -23,12 +23,17 @@ WANT="$(cat "$ROOT/requirements.txt" "$ROOT"/scripts/setup/* | sha256sum | cut -
 VPY="$VENV/bin/python"
 
 link_and_install_project() {
-  # Editable install of this clone (cheap); redone when the venv points at another clone.
-  local here
-  here="$("$VPY" -c 'import dcinet_d2, os; print(os.path.dirname(os.path.dirname(dcinet_d2.__file__)))' 2>/dev/null || true)"
-  if [ "$here" != "$ROOT" ]; then
-    "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2>&1 | grep -v '^WARNING: Location' || true
+  # Editable install of this clone (a few seconds); redone when the venv points at another clone or
+  # setup.py changed (entry points).
+  local want_project have_project
+  want_project="$ROOT $(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
+  have_project="$(cat "$VENV/.dcinet-project" 2>/dev/null || true)"
+  if [ "$want_project" != "$have_project" ]; then
+    rm -f "$VENV/.dcinet-project"
+    "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2> >(grep -v '^WARNING: Location' >&2) \
+      || die "editable install of $ROOT failed"
     "$VPY" -c 'import dcinet_d2' || die "editable install of $ROOT failed"
+    echo "$want_project" > "$VENV/.dcinet-project"
   fi
   ln -sfn "$VENV" "$ROOT/.venv"
 }
@@ -50,10 +55,9 @@ if ! "$VPY" -m pip install -q -r "$ROOT/requirements.txt" 2> >(grep -v '^WARNING
   die "could not install $ROOT/requirements.txt from the package registry (is PyPI reachable?)"
 fi
 PYTHON="$VPY" bash "$ROOT/scripts/setup/install_detectron2.sh" 2> >(grep -v '^WARNING: Location' >&2)
-"$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2> >(grep -v '^WARNING: Location' >&2)
+link_and_install_project
 "$VPY" -W ignore -c "import dcinet_d2, detectron2, detectron2.export, faiss, pycocotools
 from detectron2 import model_zoo
 model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_C4_1x.yaml')"
 echo "$WANT" > "$STAMP"
-ln -sfn "$VENV" "$ROOT/.venv"
 echo "environment ready: $VENV"

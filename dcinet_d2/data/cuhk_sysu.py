@@ -11,13 +11,14 @@ Layout under ``root`` (PROTOCOLS.md "Dataset layouts", datasets/README.md)::
 
 The parsers (``read_*``) return the field's boxes exactly (no clipping to the image: they do not know its
 size), are cached per file (path, modification time, size) and return read-only arrays: do not modify them.
+The ``parse_*_mat`` functions parse one file into plain arrays (no cache: the evaluation caches them on disk,
+:mod:`dcinet_d2.evaluation.protocol_cache`); the ``read_*`` ones are built on them.
 """
 import functools
 import glob
 import logging
 import os
 import re
-import sys
 
 import numpy as np
 import scipy.io as sio
@@ -32,6 +33,11 @@ __all__ = [
     "read_pool",
     "read_train_identities",
     "read_test_protocol",
+    "parse_images_mat",
+    "parse_pool_mat",
+    "parse_test_protocol_mat",
+    "check_same_queries",
+    "protocol_path",
     "protocol_gallery_sizes",
     "identity_number",
     "load_cuhk_sysu",
@@ -53,10 +59,10 @@ def _file_key(path, what):
 
 
 def _load_key(path, key):
-    """The variable ``key`` of a .mat file; ValueError naming the file if it is absent."""
-    mat = sio.loadmat(path)
+    """The variable ``key`` of a .mat file (only it is read); ValueError naming the file if it is absent."""
+    mat = sio.loadmat(path, variable_names=[key])
     if key not in mat:
-        found = sorted(k for k in mat if not k.startswith("__"))
+        found = sorted(name for name, _, _ in sio.whosmat(path))
         raise ValueError(f"{path}: no variable '{key}' (found {found})")
     return mat[key]
 
@@ -88,9 +94,14 @@ def _xywh_to_xyxy(xywh, path, where):
 
 
 # ----------------------------------------------------------------------------- Images.mat
-@functools.lru_cache(maxsize=4)
-def _read_images(key):
-    path = key[0]
+def parse_images_mat(path):
+    """The arrays of an ``Images.mat`` file (``Img``), boxes with w <= 0 or h <= 0 dropped (counted).
+
+    Returns:
+        dict: ``names`` (np.ndarray[I] str, file order), ``counts`` (np.ndarray[I] int64: kept boxes per
+        image), ``boxes`` (np.ndarray[B, 4] float64 XYXY absolute pixels, image after image, file order),
+        ``num_dropped`` (np.ndarray[] int64).
+    """
     img = _load_key(path, "Img").reshape(-1)
     _fields(img, path, ["imname", "box"])
     names = [_text(n) for n in img["imname"]]
@@ -115,10 +126,26 @@ def _read_images(key):
         raise ValueError(f"{path}: non-finite box coordinates")
     valid = (xyxy[:, 2] > 0) & (xyxy[:, 3] > 0)
     xyxy[:, 2:] += xyxy[:, :2]
-    if not valid.all():
-        logger.warning("%s: %d boxes with zero or negative width/height dropped", path, int((~valid).sum()))
+    owner = np.repeat(np.arange(len(names)), counts)
+    return {"names": np.array(names, dtype=str).reshape(-1),
+            "counts": np.bincount(owner[valid], minlength=len(names)).astype(np.int64),
+            "boxes": xyxy[valid], "num_dropped": np.array(int((~valid).sum()), dtype=np.int64)}
+
+
+def _split_images(arrays, path):
+    """:func:`parse_images_mat` arrays -> {image name: read-only boxes np.ndarray[n, 4]}; logs the dropped
+    boxes (one warning)."""
+    if arrays["num_dropped"]:
+        logger.warning("%s: %d boxes with zero or negative width/height dropped", path, int(arrays["num_dropped"]))
+    boxes, counts = arrays["boxes"], arrays["counts"]
     ends = np.cumsum(counts)
-    return {name: _readonly(xyxy[s:e][valid[s:e]]) for name, s, e in zip(names, ends - counts, ends)}
+    return {name: _readonly(boxes[s:e])
+            for name, s, e in zip(arrays["names"].tolist(), (ends - counts).tolist(), ends.tolist())}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_images(key):
+    return _split_images(parse_images_mat(key[0]), key[0])
 
 
 def read_images(root):
@@ -132,9 +159,14 @@ def read_images(root):
     return dict(_read_images(_file_key(path, "the CUHK-SYSU image annotations (Img)")))
 
 
+def parse_pool_mat(path):
+    """The test image names of a ``pool.mat`` file (``pool``), in file order: {"names": np.ndarray[P] str}."""
+    return {"names": np.array([_text(n) for n in _load_key(path, "pool").reshape(-1)], dtype=str).reshape(-1)}
+
+
 @functools.lru_cache(maxsize=4)
 def _read_pool(key):
-    return tuple(_text(n) for n in _load_key(key[0], "pool").reshape(-1))
+    return tuple(parse_pool_mat(key[0])["names"].tolist())
 
 
 def read_pool(root):
@@ -173,42 +205,139 @@ def read_train_identities(root):
 
 
 # ----------------------------------------------------------------------------- TestG{N}.mat
-def _gallery_entries(gallery, path, qi):
-    """One query's Gallery struct array -> list of (image name, XYXY int32 box or None)."""
-    entries = np.asarray(gallery).reshape(-1)
-    if entries.size == 0:
-        return []
-    _fields(entries, path, ["imname", "idlocate"])
-    # interned: TestG4000 lists 11.6M entries naming only the 6,978 pool images
-    names = list(map(sys.intern, np.concatenate([np.asarray(n).reshape(-1) for n in entries["imname"]]).tolist()))
-    if len(names) != entries.size:
-        raise ValueError(f"{path}: query {qi}: a gallery entry has no image name")
-    locs = entries["idlocate"]
-    boxes = [None] * entries.size
-    for j in np.flatnonzero(np.fromiter(map(np.size, locs), dtype=np.int64, count=len(locs))):
-        boxes[j] = _readonly(_xywh_to_xyxy(locs[j], path, f"query {qi}, gallery entry {j}").astype(np.int32))
-    return list(zip(names, boxes))
-
-
-@functools.lru_cache(maxsize=2)
-def _read_protocol(key, gallery_size):
-    path = key[0]
-    protocol = _load_key(path, f"TestG{gallery_size}").reshape(-1)
-    _fields(protocol, path, ["Query", "Gallery"])
-    queries = []
-    for qi, (query, gallery) in enumerate(zip(protocol["Query"], protocol["Gallery"])):
+def _query_arrays(protocol, path):
+    """The Query structs of a TestG struct array -> (image names, int32 XYXY boxes [Q, 4], idnames)."""
+    names, boxes, pids = [], [], []
+    for qi, query in enumerate(protocol["Query"]):
         q = np.asarray(query).reshape(-1)
         if q.size != 1:
             raise ValueError(f"{path}: query {qi}: expected one Query struct, got {q.size}")
         _fields(q, path, ["imname", "idlocate", "idname"])
         q = q[0]
-        queries.append({
-            "query_image": _text(q["imname"]),
-            "query_box": _readonly(_xywh_to_xyxy(q["idlocate"], path, f"query {qi}").astype(np.int32)),
-            "pid": _text(q["idname"]),
-            "gallery": _gallery_entries(gallery, path, qi),
-        })
-    return tuple(queries)
+        names.append(_text(q["imname"]))
+        boxes.append(_xywh_to_xyxy(q["idlocate"], path, f"query {qi}"))
+        pids.append(_text(q["idname"]))
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4).astype(np.int32)
+    return np.array(names, dtype=str).reshape(-1), boxes, np.array(pids, dtype=str).reshape(-1)
+
+
+def _where(offsets, j):
+    """Query index and entry index within its gallery of flat gallery entry ``j``."""
+    qi = int(np.searchsorted(offsets, j, side="right")) - 1
+    return qi, int(j - offsets[qi])
+
+
+def _sizes(cells):
+    """Element count of every array of an object array: np.ndarray[n] int64."""
+    return np.fromiter((np.asarray(c).size for c in cells), dtype=np.int64, count=len(cells))
+
+
+def _concatenate_flat(cells):
+    """The arrays of an object array, flattened and concatenated."""
+    try:  # fast path: loadmat gives every char array as a 1-D array of strings
+        out = np.concatenate(cells.tolist())
+        if out.ndim == 1:
+            return out
+    except ValueError:
+        pass
+    return np.concatenate([np.asarray(c).reshape(-1) for c in cells])
+
+
+def _gallery_arrays(protocol, path):
+    """The Gallery structs of a TestG struct array, flattened query after query (vectorised: TestG4000
+    lists 11.6M entries).
+
+    Returns: offsets [Q+1] int64, image names [E] str, has box [E] bool, int32 XYXY boxes [E, 4] (0: absent).
+    """
+    galleries = [np.asarray(g).reshape(-1) for g in protocol["Gallery"]]
+    listed = [g for g in galleries if g.size]
+    for g in listed:
+        _fields(g, path, ["imname", "idlocate"])
+    offsets = np.concatenate([[0], np.cumsum([g.size for g in galleries], dtype=np.int64)]).astype(np.int64)
+    cells = np.concatenate([g["imname"] for g in listed]) if listed else np.zeros(0, dtype=object)
+    name_sizes = _sizes(cells)
+    if np.any(name_sizes != 1):
+        qi, _ = _where(offsets, int(np.flatnonzero(name_sizes != 1)[0]))
+        raise ValueError(f"{path}: query {qi}: a gallery entry has no image name")
+    names = _concatenate_flat(cells) if len(cells) else np.zeros(0, dtype=str)
+    locs = np.concatenate([g["idlocate"] for g in listed]) if listed else np.zeros(0, dtype=object)
+    box_sizes = _sizes(locs)
+    bad = np.flatnonzero((box_sizes != 0) & (box_sizes != 4))
+    if bad.size:
+        qi, j = _where(offsets, int(bad[0]))
+        raise ValueError(f"{path}: query {qi}, gallery entry {j}: idlocate has {box_sizes[bad[0]]} values, "
+                         "expected x, y, w, h")
+    has_box = box_sizes == 4
+    boxes = np.zeros((len(locs), 4), dtype=np.int32)
+    if has_box.any():
+        # float64 as the query boxes: uint16 x + w would wrap
+        xyxy = np.concatenate([a.reshape(1, 4) for a in locs[has_box]]).astype(np.float64)
+        xyxy[:, 2:] += xyxy[:, :2]
+        boxes[has_box] = xyxy.astype(np.int32)
+    return offsets, names, has_box, boxes
+
+
+def parse_test_protocol_mat(path, gallery_size):
+    """The arrays of a ``TestG{gallery_size}.mat`` file (variable ``TestG{gallery_size}``).
+
+    Returns:
+        dict of np.ndarray: ``query_images`` [Q] str, ``query_boxes`` [Q, 4] int32 XYXY (idlocate is uint16,
+        added in a signed type), ``query_pids`` [Q] str (idnames), ``gallery_offsets`` [Q+1] int64 (query q's
+        entries are ``gallery_offsets[q]:gallery_offsets[q+1]``, in file order), ``image_names`` [K] str
+        (the distinct gallery image names, sorted), ``gallery_images`` [E] int64 (index into
+        ``image_names``), ``gallery_has_box`` [E] bool (False: the person is absent), ``gallery_boxes``
+        [E, 4] int32 XYXY (zeros where absent).
+    """
+    protocol = _load_key(path, f"TestG{int(gallery_size)}").reshape(-1)
+    _fields(protocol, path, ["Query", "Gallery"])
+    query_images, query_boxes, query_pids = _query_arrays(protocol, path)
+    offsets, names, has_box, boxes = _gallery_arrays(protocol, path)
+    image_names, gallery_images = np.unique(names, return_inverse=True)
+    return {"query_images": query_images, "query_boxes": query_boxes, "query_pids": query_pids,
+            "gallery_offsets": offsets, "image_names": image_names,
+            "gallery_images": gallery_images.reshape(-1).astype(np.int64), "gallery_has_box": has_box,
+            "gallery_boxes": boxes}
+
+
+def check_same_queries(arrays, reference, path, reference_path):
+    """ValueError unless two :func:`parse_test_protocol_mat` results hold the same queries in the same order
+    (image, box, idname): every TestG file must."""
+    if not all(np.array_equal(arrays[k], reference[k]) for k in ("query_images", "query_boxes", "query_pids")):
+        raise ValueError(f"{path}: its queries differ from those of {os.path.basename(reference_path)} (all TestG "
+                         "files must hold the same queries in the same order)")
+
+
+def _protocol_queries(arrays):
+    """:func:`parse_test_protocol_mat` arrays -> the query dicts of :func:`read_test_protocol` (the boxes are
+    read-only views of the arrays)."""
+    query_boxes, boxes = _readonly(arrays["query_boxes"]), _readonly(arrays["gallery_boxes"])
+    table = arrays["image_names"].tolist()
+    names = [table[i] for i in arrays["gallery_images"].tolist()]
+    entries = [(n, boxes[j] if has else None)
+               for j, (n, has) in enumerate(zip(names, arrays["gallery_has_box"].tolist()))]
+    offsets = arrays["gallery_offsets"].tolist()
+    return tuple({"query_image": image, "query_box": query_boxes[qi], "pid": pid,
+                  "gallery": entries[offsets[qi]:offsets[qi + 1]]}
+                 for qi, (image, pid) in enumerate(zip(arrays["query_images"].tolist(),
+                                                       arrays["query_pids"].tolist())))
+
+
+def protocol_path(root, gallery_size):
+    """Path of ``annotation/test/train_test/TestG{gallery_size}.mat`` under ``root``."""
+    return os.path.join(root, PROTOCOL_DIR, f"TestG{int(gallery_size)}.mat")
+
+
+@functools.lru_cache(maxsize=2)
+def _protocol_arrays(key, gallery_size):
+    return parse_test_protocol_mat(key[0], gallery_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_protocol(key, reference_key, gallery_size, reference_size):
+    arrays = _protocol_arrays(key, gallery_size)
+    if reference_key is not None:
+        check_same_queries(arrays, _protocol_arrays(reference_key, reference_size), key[0], reference_key[0])
+    return _protocol_queries(arrays)
 
 
 def protocol_gallery_sizes(root):
@@ -216,10 +345,6 @@ def protocol_gallery_sizes(root):
     files = glob.glob(os.path.join(glob.escape(os.path.join(root, PROTOCOL_DIR)), "TestG*.mat"))
     return sorted(int(m.group(1)) for m in (re.fullmatch(r"TestG(\d+)\.mat", os.path.basename(f)) for f in files)
                   if m)
-
-
-def _query_signature(queries):
-    return [(q["query_image"], tuple(q["query_box"].tolist()), q["pid"]) for q in queries]
 
 
 def read_test_protocol(root, gallery_size):
@@ -237,15 +362,13 @@ def read_test_protocol(root, gallery_size):
     """
     if int(gallery_size) <= 0:
         raise ValueError(f"gallery size {gallery_size}: expected a positive N of a TestG{{N}}.mat file")
-    path = os.path.join(root, PROTOCOL_DIR, f"TestG{int(gallery_size)}.mat")
-    queries = _read_protocol(_file_key(path, f"the CUHK-SYSU protocol TestG{int(gallery_size)}"), int(gallery_size))
+    size = int(gallery_size)
+    key = _file_key(protocol_path(root, size), f"the CUHK-SYSU protocol TestG{size}")
     sizes = protocol_gallery_sizes(root)
-    if sizes and sizes[0] != int(gallery_size):
-        reference = read_test_protocol(root, sizes[0])
-        if _query_signature(reference) != _query_signature(queries):
-            raise ValueError(f"{path}: its queries differ from those of TestG{sizes[0]}.mat (all TestG files "
-                             "must hold the same queries in the same order)")
-    return list(queries)
+    reference = sizes[0] if sizes and sizes[0] != size else None
+    reference_key = None if reference is None else _file_key(protocol_path(root, reference),
+                                                             f"the CUHK-SYSU protocol TestG{reference}")
+    return list(_read_protocol(key, reference_key, size, reference))
 
 
 # ----------------------------------------------------------------------------- dataset dicts

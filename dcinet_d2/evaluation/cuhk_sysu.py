@@ -5,25 +5,90 @@ files (the same queries, in the same order, in every file). Gallery sizes: 50, 1
 (``TestG{N}.mat``; the protocol lists the query's own image for a few queries of TestG100 and an image
 twice for a few others: both are kept as the field keeps them) and -1, the full set: the TestG50 gallery of
 the query, then every other test image that is neither the query image nor in that gallery.
+
+Parsed files are cached on disk (:mod:`.protocol_cache`, one entry per file: pool.mat, Images.mat, each TestG
+file) and in memory, so that repeated evaluations, in this process or another, skip scipy.io.loadmat.
 """
 import functools
+import logging
 import os
 
 import numpy as np
 
-from ..data.cuhk_sysu import PROTOCOL_DIR, protocol_gallery_sizes, read_images, read_pool, read_test_protocol
+from ..data.cuhk_sysu import (
+    PROTOCOL_DIR,
+    check_same_queries,
+    parse_images_mat,
+    parse_pool_mat,
+    parse_test_protocol_mat,
+    protocol_gallery_sizes,
+    protocol_path,
+)
+from . import protocol_cache
 from .protocol import SearchProtocol
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GALLERY_SIZES", "FULL_SET", "gallery_images", "check_gallery_size", "search_protocol",
            "labelled_boxes", "detection_ground_truth"]
 
 FULL_SET = -1
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, FULL_SET)
+# Versions of the cached arrays of each file: bump one when its parse_*_mat returns something else.
+_POOL_VERSION = _IMAGES_VERSION = _PROTOCOL_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- parsed files, cached
+@functools.lru_cache(maxsize=4)
+def _pool(version):
+    arrays = protocol_cache.load_or_build("cuhk_sysu.pool", [version], lambda: parse_pool_mat(version[0]),
+                                          version=_POOL_VERSION)
+    return tuple(arrays["names"].tolist())
+
+
+@functools.lru_cache(maxsize=4)
+def _images(version):
+    arrays = protocol_cache.load_or_build("cuhk_sysu.Images", [version], lambda: parse_images_mat(version[0]),
+                                          version=_IMAGES_VERSION)
+    if arrays["num_dropped"]:
+        logger.warning("%s: %d boxes with zero or negative width/height dropped", version[0],
+                       int(arrays["num_dropped"]))
+    return arrays
+
+
+@functools.lru_cache(maxsize=4)
+def _protocol_file(version, gallery_size):
+    return protocol_cache.load_or_build(f"cuhk_sysu.TestG{gallery_size}", [version],
+                                        lambda: parse_test_protocol_mat(version[0], gallery_size),
+                                        version=_PROTOCOL_VERSION)
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_protocol(version, gallery_size, reference_version, reference_size):
+    """The arrays of a TestG file whose queries were checked once against the smallest file's."""
+    arrays = _protocol_file(version, gallery_size)
+    if reference_version != version:
+        check_same_queries(arrays, _protocol_file(reference_version, reference_size), version[0],
+                           reference_version[0])
+    return arrays
+
+
+def _protocol_versions(root, gallery_size):
+    """(version, size, reference version, reference size) of a TestG file and of the smallest one."""
+    versions = []
+    for size in (gallery_size, protocol_gallery_sizes(root)[0]):
+        versions += [protocol_cache.file_version(protocol_path(root, size), f"the CUHK-SYSU protocol TestG{size}"),
+                     size]
+    return tuple(versions)
+
+
+def _pool_version(root):
+    return protocol_cache.file_version(os.path.join(root, "annotation", "pool.mat"), "the CUHK-SYSU test pool (pool)")
 
 
 def gallery_images(root):
     """Names of the gallery (test) images, in pool.mat order: list[str]."""
-    return read_pool(root)
+    return list(_pool(_pool_version(root)))
 
 
 def check_gallery_size(root, gallery_size):
@@ -41,11 +106,6 @@ def check_gallery_size(root, gallery_size):
                          f"field's sizes are {GALLERY_SIZES[:-1]})")
 
 
-def _stat(path):
-    st = os.stat(path)
-    return os.path.abspath(path), st.st_mtime_ns, st.st_size
-
-
 def search_protocol(root, gallery_size=100, image_names=None):
     """The :class:`SearchProtocol` of one gallery size (cached per protocol file version: read-only arrays).
 
@@ -57,28 +117,37 @@ def search_protocol(root, gallery_size=100, image_names=None):
     check_gallery_size(root, gallery_size)
     names = tuple(gallery_images(root) if image_names is None else image_names)
     size = 50 if gallery_size == FULL_SET else int(gallery_size)
-    # read_test_protocol checks the file against the smallest one: both versions are part of the key.
-    files = [os.path.join(root, PROTOCOL_DIR, f"TestG{n}.mat") for n in (size, protocol_gallery_sizes(root)[0])]
-    return _search_protocol(root, int(gallery_size), names, tuple(_stat(f) for f in files))
+    # the smallest file's version is part of the key: the queries are checked against it
+    return _search_protocol(int(gallery_size), names, _protocol_versions(root, size))
+
+
+def _gallery_entries(arrays, names, path):
+    """Gallery image index in ``names`` of every entry of a TestG file; ValueError if one is not there."""
+    index = {n: i for i, n in enumerate(names)}
+    table = arrays["image_names"].tolist()
+    where = np.array([index.get(n, -1) for n in table], dtype=np.int64)
+    images = where[arrays["gallery_images"]]
+    if len(images) and images.min() < 0:
+        unknown = table[arrays["gallery_images"][np.argmax(images < 0)]]
+        raise ValueError(f"{path}: gallery image {unknown} is not a test image (pool.mat)")
+    return images
 
 
 @functools.lru_cache(maxsize=8)
-def _search_protocol(root, gallery_size, names, _file_versions):
-    index = {n: i for i, n in enumerate(names)}
+def _search_protocol(gallery_size, names, versions):
+    arrays = _checked_protocol(*versions)
     full = gallery_size == FULL_SET
-    size = 50 if full else gallery_size
-    queries = read_test_protocol(root, size)
-    absent = np.full(4, np.nan)
-    try:
-        images = [index[name] for q in queries for name, _ in q["gallery"]]
-    except KeyError as e:
-        raise ValueError(f"{os.path.join(root, PROTOCOL_DIR, f'TestG{size}.mat')}: gallery image {e.args[0]} is "
-                         "not a test image (pool.mat)") from None
-    boxes = np.array([absent if box is None else box for q in queries for _, box in q["gallery"]],
-                     dtype=np.float64).reshape(-1, 4)
-    entry_query = np.repeat(np.arange(len(queries)), [len(q["gallery"]) for q in queries])
-    exclude = np.array([index.get(q["query_image"], -1) for q in queries], dtype=np.int64) if full else None
-    protocol = SearchProtocol.from_entries(entry_query, images, boxes, len(queries), len(names), rest=full,
+    offsets = arrays["gallery_offsets"]
+    num_queries = len(offsets) - 1
+    images = _gallery_entries(arrays, names, versions[0][0])
+    boxes = arrays["gallery_boxes"].astype(np.float64)
+    boxes[~arrays["gallery_has_box"]] = np.nan
+    entry_query = np.repeat(np.arange(num_queries), np.diff(offsets))
+    exclude = None
+    if full:
+        index = {n: i for i, n in enumerate(names)}
+        exclude = np.array([index.get(n, -1) for n in arrays["query_images"].tolist()], dtype=np.int64)
+    protocol = SearchProtocol.from_entries(entry_query, images, boxes, num_queries, len(names), rest=full,
                                            exclude_images=exclude)
     for value in vars(protocol).values():
         if isinstance(value, np.ndarray):
@@ -86,15 +155,43 @@ def _search_protocol(root, gallery_size, names, _file_versions):
     return protocol
 
 
+def _smallest_protocol(root):
+    sizes = protocol_gallery_sizes(root)
+    if not sizes:
+        return None
+    versions = _protocol_versions(root, sizes[0])
+    return _checked_protocol(*versions)
+
+
 def labelled_boxes(root):
     """The field's labelled test people: {(image name, XYXY tuple)} of the query and gallery boxes of the
     smallest TestG file."""
-    labelled = set()
-    sizes = protocol_gallery_sizes(root)
-    for query in read_test_protocol(root, sizes[0]) if sizes else []:
-        labelled.add((query["query_image"], tuple(map(float, query["query_box"]))))
-        labelled.update((name, tuple(map(float, box))) for name, box in query["gallery"] if box is not None)
+    arrays = _smallest_protocol(root)
+    if arrays is None:
+        return set()
+    labelled = set(zip(arrays["query_images"].tolist(), map(tuple, arrays["query_boxes"].astype(float).tolist())))
+    table = arrays["image_names"].tolist()
+    has = arrays["gallery_has_box"]
+    labelled.update(zip((table[i] for i in arrays["gallery_images"][has].tolist()),
+                        map(tuple, arrays["gallery_boxes"][has].astype(float).tolist())))
     return labelled
+
+
+def _image_boxes(root, names):
+    """(boxes [B, 4] float64 XYXY, image index [B] int64) of the images ``names`` (Images.mat)."""
+    path = os.path.join(root, "annotation", "Images.mat")
+    arrays = _images(protocol_cache.file_version(path, "the CUHK-SYSU image annotations (Img)"))
+    index = {n: i for i, n in enumerate(arrays["names"].tolist())}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} gallery images have no annotation (e.g. {missing[0]})")
+    which = np.array([index[n] for n in names], dtype=np.int64)
+    counts = arrays["counts"][which]
+    starts = (np.cumsum(arrays["counts"]) - arrays["counts"])[which]
+    image_index = np.repeat(np.arange(len(names)), counts)
+    # row of each output box in the file's box array: its image's start, plus its rank within the image
+    rank = np.arange(len(image_index)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return arrays["boxes"][starts[image_index] + rank].reshape(-1, 4), image_index
 
 
 def detection_ground_truth(root, image_names=None, labeled=False):
@@ -108,14 +205,7 @@ def detection_ground_truth(root, image_names=None, labeled=False):
         identities).
     """
     names = gallery_images(root) if image_names is None else list(image_names)
-    images = read_images(root)
-    missing = [n for n in names if n not in images]
-    if missing:
-        raise ValueError(f"{os.path.join(root, 'annotation', 'Images.mat')}: {len(missing)} gallery images have "
-                         f"no annotation (e.g. {missing[0]})")
-    boxes = [images[n] for n in names]
-    image_index = np.repeat(np.arange(len(names)), [len(b) for b in boxes])
-    boxes = np.concatenate([np.zeros((0, 4))] + boxes)
+    boxes, image_index = _image_boxes(root, names)
     if not labeled:
         return boxes, image_index, None
     known = labelled_boxes(root)

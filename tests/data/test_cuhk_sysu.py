@@ -12,8 +12,12 @@ from detectron2.structures import BoxMode
 
 from dcinet_d2.data import builtin
 from dcinet_d2.data.cuhk_sysu import (
+    check_same_queries,
     identity_number,
     load_cuhk_sysu,
+    parse_images_mat,
+    parse_pool_mat,
+    parse_test_protocol_mat,
     protocol_gallery_sizes,
     read_images,
     read_pool,
@@ -108,6 +112,56 @@ def test_protocol_files_must_share_their_queries(root):
     read_test_protocol(root, 3)
     with pytest.raises(ValueError, match=r"TestG5.mat: its queries differ from those of TestG3.mat"):
         read_test_protocol(root, 5)
+
+
+def test_parse_test_protocol_mat(root):
+    arrays = parse_test_protocol_mat(fx.protocol_path(root, 5), 5)
+    assert arrays["query_images"].tolist() == ["s5.jpg", "s6.jpg"] and arrays["query_pids"].tolist() == ["p200", "p201"]
+    assert arrays["query_boxes"].dtype == np.int32 and arrays["query_boxes"].tolist() == [[10, 5, 30, 45],
+                                                                                          [45, 5, 65, 45]]
+    assert arrays["gallery_offsets"].tolist() == [0, 5, 10]
+    names = arrays["image_names"][arrays["gallery_images"]].tolist()
+    assert sorted(arrays["image_names"].tolist()) == arrays["image_names"].tolist()
+    assert names[:2] == ["s6.jpg", "s9.jpg"] and sorted(names[2:5]) == ["s10.jpg", "s7.jpg", "s8.jpg"]
+    assert arrays["gallery_has_box"][:5].tolist() == [True, True, False, False, False]
+    assert arrays["gallery_boxes"].dtype == np.int32
+    assert arrays["gallery_boxes"][:5].tolist() == [[12, 6, 32, 46], [5, 5, 25, 45]] + [[0, 0, 0, 0]] * 3
+    # the same entries as read_test_protocol, which is built on these arrays
+    query = read_test_protocol(root, 5)[1]
+    assert [(n, None if b is None else b.tolist()) for n, b in query["gallery"]] == [
+        (n, b.tolist() if has else None) for n, b, has in zip(names[5:], arrays["gallery_boxes"][5:],
+                                                             arrays["gallery_has_box"][5:])]
+
+
+def test_parse_images_and_pool_mat(root):
+    arrays = parse_images_mat(os.path.join(root, "annotation", "Images.mat"))
+    assert arrays["names"].tolist() == [n for n, _, _ in fx.CUHK_SCENES]
+    assert arrays["counts"].tolist() == [3, 2, 3, 2, 2, 2, 1, 1, 1, 1] and int(arrays["num_dropped"]) == 1
+    assert arrays["boxes"].dtype == np.float64 and arrays["boxes"][3:5].tolist() == [[10, 5, 30, 45],
+                                                                                     [50, 10, 70, 50]]
+    pool = parse_pool_mat(os.path.join(root, "annotation", "pool.mat"))
+    assert pool["names"].tolist() == [f"s{i}.jpg" for i in range(5, 11)]
+
+
+def test_check_same_queries(root):
+    small = parse_test_protocol_mat(fx.protocol_path(root, 3), 3)
+    large = parse_test_protocol_mat(fx.protocol_path(root, 5), 5)
+    check_same_queries(large, small, "TestG5.mat", "/x/TestG3.mat")
+    fx.swap_queries(root, 5)
+    with pytest.raises(ValueError, match=r"TestG5.mat: its queries differ from those of TestG3.mat"):
+        check_same_queries(parse_test_protocol_mat(fx.protocol_path(root, 5), 5), small, "TestG5.mat",
+                           "/x/TestG3.mat")
+
+
+def test_malformed_gallery_entries(tmp_path):
+    fx.write_protocol(tmp_path, 4, [
+        (("s1.jpg", [1, 2, 3, 4], "p9"), [("s2.jpg", [5, 5, 5, 5])]),
+        (("s2.jpg", [1, 2, 3, 4], "p8"), [("s1.jpg", [5, 5, 5, 5]), ("s3.jpg", [1, 2, 3])])])
+    with pytest.raises(ValueError, match=r"TestG4\.mat: query 1, gallery entry 1: idlocate has 3 values"):
+        read_test_protocol(str(tmp_path), 4)
+    fx.write_protocol(tmp_path, 5, [(("s1.jpg", [1, 2, 3, 4], "p9"), [("s2.jpg", [5, 5, 5, 5]), ("", [])])])
+    with pytest.raises(ValueError, match=r"TestG5\.mat: query 0: a gallery entry has no image name"):
+        parse_test_protocol_mat(fx.protocol_path(tmp_path, 5), 5)
 
 
 def test_identity_number():

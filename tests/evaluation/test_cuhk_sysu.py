@@ -1,9 +1,13 @@
-"""CUHK-SYSU protocol on trees written by dcinet_d2.data.writers, against the loop reference."""
+"""CUHK-SYSU protocol on trees written by dcinet_d2.data.writers, against the loop reference; its on-disk cache."""
+import logging
+import os
+
 import numpy as np
 import pytest
 
 import eval_trees
 import reference_impl
+from dcinet_d2.data import cuhk_sysu as data_cuhk_sysu
 from dcinet_d2.data.cuhk_sysu import read_test_protocol
 from dcinet_d2.evaluation import cuhk_sysu
 from dcinet_d2.evaluation.offline import evaluate_search_results
@@ -97,3 +101,142 @@ def test_full_set_needs_testg50(tmp_path):
     eval_trees.cuhk_tree(root, n_images=30, n_test=20, n_ids=10, n_queries=4, gallery_sizes=(10,), seed=2)
     with pytest.raises(FileNotFoundError, match="TestG50.mat"):
         cuhk_sysu.search_protocol(root, -1)
+
+
+# ----------------------------------------------------------------------------- the on-disk protocol cache
+def clear_memory_caches():
+    """Forget every parsed file and protocol kept in memory (a new process): only the disk cache remains."""
+    for module in (data_cuhk_sysu, cuhk_sysu):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
+def cache_warnings(caplog, text):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+@pytest.fixture()
+def small_tree(tmp_path, monkeypatch):
+    """A fresh tree (the tests edit it) and an empty cache directory of its own."""
+    monkeypatch.setenv("DCINET_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cuhk"
+    images, queries = eval_trees.cuhk_tree(root, n_images=66, n_test=56, n_ids=20, n_queries=10,
+                                           gallery_sizes=(20, 50), seed=4)
+    clear_memory_caches()
+    return str(root), images, queries
+
+
+def evaluation_arrays(root, results, size):
+    """Every array an evaluation derives from the dataset files, and its outputs."""
+    out = evaluate_search_results(results, "cuhk_sysu", root, gallery_size=size, labeled_only=True)
+    arrays = {f"protocol.{k}": v for k, v in vars(cuhk_sysu.search_protocol(root, size)).items()
+              if isinstance(v, np.ndarray)}
+    for name, value in zip(("boxes", "image_index", "labelled"), cuhk_sysu.detection_ground_truth(root, labeled=True)):
+        arrays[f"gt.{name}"] = value
+    arrays.update({f"out.{k}": v for k, v in out["per_query"].items()})
+    arrays["out.cmc"] = out["cmc"]
+    arrays["out.det"] = np.array([out["det_ap"], out["det_recall"]])
+    arrays["gallery"] = np.array(cuhk_sysu.gallery_images(root))
+    return arrays
+
+
+def assert_bitwise_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def no_loadmat(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a .mat file was parsed: the cache was not used")
+    monkeypatch.setattr(data_cuhk_sysu.sio, "loadmat", fail)
+
+
+@pytest.mark.parametrize("size", [50, -1])
+def test_cache_hit_equals_the_uncached_path(small_tree, tmp_path, monkeypatch, caplog, size):
+    root, images, queries = small_tree
+    results = eval_trees.random_results(images, queries, seed=11)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("DCINET_CACHE", str(blocker / "cache"))  # unwritable: no cache at all
+    uncached = evaluation_arrays(root, results, size)
+    reference = reference_impl.cuhk_sysu(root, results, size)
+    np.testing.assert_allclose(uncached["out.ap"], reference["aps"], rtol=0, atol=1e-12)
+    clear_memory_caches()
+    monkeypatch.setenv("DCINET_CACHE", str(tmp_path / "cache"))
+    first = evaluation_arrays(root, results, size)  # parses and writes the cache
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == [
+        "cuhk_sysu.Images", "cuhk_sysu.TestG20", "cuhk_sysu.TestG50", "cuhk_sysu.pool"]
+    clear_memory_caches()
+    no_loadmat(monkeypatch)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        hit = evaluation_arrays(root, results, size)  # a new process: from the disk cache only
+    assert not cache_warnings(caplog, "protocol cache")
+    assert_bitwise_equal(first, uncached)
+    assert_bitwise_equal(hit, uncached)
+
+
+def _rewrite_testg50(root, edit=None):
+    """Write TestG50.mat again from its parse, after ``edit(list of query entries)``."""
+    entries = []
+    for q in read_test_protocol(root, 50):
+        xywh = lambda b: None if b is None else [b[0], b[1], b[2] - b[0], b[3] - b[1]]  # noqa: E731
+        entries.append((q["query_image"], xywh(q["query_box"]), q["pid"],
+                        [(name, xywh(box)) for name, box in q["gallery"]]))
+    if edit:
+        edit(entries)
+    path = data_cuhk_sysu.protocol_path(root, 50)
+    st = os.stat(path)
+    eval_trees.write_test_protocol(root, 50, entries)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**6))  # coarse clocks: the mtime changes for sure
+
+
+def test_a_modified_protocol_file_invalidates_its_entry(small_tree, caplog):
+    root, _, _ = small_tree
+    before = cuhk_sysu.search_protocol(root, 50)
+    path = data_cuhk_sysu.protocol_path(root, 50)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # touched: same contents
+    clear_memory_caches()
+    with caplog.at_level(logging.WARNING):
+        touched = cuhk_sysu.search_protocol(root, 50)
+    assert len(cache_warnings(caplog, "stale entry")) == 1
+    np.testing.assert_array_equal(touched.gallery_images, before.gallery_images)
+
+    def drop_last_entry(entries):
+        entries[0][3].pop()
+    _rewrite_testg50(root, drop_last_entry)  # the memory cache is keyed by the file version too: no clearing
+    edited = cuhk_sysu.search_protocol(root, 50)
+    assert np.diff(edited.gallery_offsets)[0] == np.diff(before.gallery_offsets)[0] - 1
+    np.testing.assert_array_equal(edited.gallery_images[edited.gallery_offsets[1]:],
+                                  before.gallery_images[before.gallery_offsets[1]:])
+
+
+def test_the_query_order_check_holds_on_cache_hits(small_tree, monkeypatch):
+    root, _, _ = small_tree
+
+    def swap_first_queries(entries):
+        entries[0], entries[1] = entries[1], entries[0]
+    _rewrite_testg50(root, swap_first_queries)
+    for _ in range(2):  # parsed, then from the disk cache (no .mat parsed the second time)
+        with pytest.raises(ValueError, match=r"TestG50\.mat: its queries differ from those of TestG20\.mat"):
+            cuhk_sysu.search_protocol(root, 50)
+        clear_memory_caches()
+        no_loadmat(monkeypatch)
+    assert cuhk_sysu.search_protocol(root, 20).num_queries == 10  # the smallest file needs no check
+
+
+def test_a_corrupt_entry_is_rebuilt(small_tree, tmp_path, caplog):
+    root, images, queries = small_tree
+    results = eval_trees.random_results(images, queries, seed=12)
+    first = evaluation_arrays(root, results, 50)
+    for entry in (tmp_path / "cache").glob("cuhk_sysu.TestG50-*.npz"):
+        entry.write_bytes(entry.read_bytes()[:1000])  # e.g. a disk that filled up under another writer
+    clear_memory_caches()
+    with caplog.at_level(logging.WARNING):
+        rebuilt = evaluation_arrays(root, results, 50)
+    assert_bitwise_equal(rebuilt, first)
+    assert len(cache_warnings(caplog, "unreadable entry")) == 1
