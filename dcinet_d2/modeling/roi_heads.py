@@ -114,7 +114,7 @@ class DCINetROIHeads(ReIDROIHeads):
 
     @configurable
     def __init__(self, *, reid_in_features, reid_pooler, reid_head, iou_threshold, boxes_per_image,
-                 add_gt_boxes, **kwargs):
+                 add_gt_boxes, detach_backbone=False, **kwargs):
         super().__init__(**kwargs)
         self.reid_in_features = reid_in_features
         self.reid_pooler = reid_pooler
@@ -122,6 +122,7 @@ class DCINetROIHeads(ReIDROIHeads):
         self.iou_threshold = iou_threshold
         self.boxes_per_image = boxes_per_image
         self.add_gt_boxes = add_gt_boxes
+        self.detach_backbone = detach_backbone
         self._register_load_state_dict_pre_hook(self._init_reid_res5_from_box_head)
 
     def _init_reid_res5_from_box_head(self, state_dict, prefix, *args):
@@ -157,11 +158,13 @@ class DCINetROIHeads(ReIDROIHeads):
             iou_threshold=r.IOU_THRESHOLD,
             boxes_per_image=r.BOXES_PER_IMAGE,
             add_gt_boxes=r.ADD_GT_BOXES,
+            detach_backbone=r.DETACH_BACKBONE,
         )
         return ret
 
     def embed_boxes(self, features, boxes):
-        return self.reid_head(self.reid_pooler([features[f] for f in self.reid_in_features], boxes))
+        x = [features[f].detach() if self.detach_backbone else features[f] for f in self.reid_in_features]
+        return self.reid_head(self.reid_pooler(x, boxes))
 
     def reid_training_losses(self, features, proposals, targets, box_features, predictions):
         with torch.no_grad():

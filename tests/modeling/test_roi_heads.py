@@ -126,3 +126,18 @@ def test_bad_config_names_the_key():
     cfg.MODEL.REID.HEAD = "Transformer"
     with pytest.raises(ValueError, match="MODEL.REID.HEAD"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_backbone_stops_only_the_reid_gradient_at_the_backbone(detach):
+    cfg = tiny_cfg()
+    cfg.MODEL.REID.DETACH_BACKBONE = detach
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _train_step(model, random_batch(seed=1))  # fills the OLP dictionary
+    losses = _train_step(model, random_batch())
+    (losses["loss_olp"] + losses["loss_c2hep"]).backward()
+    backbone = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    reid = [p.grad for p in model.roi_heads.reid_head.parameters() if p.grad is not None]
+    assert reid and any(g.abs().sum() > 0 for g in reid)
+    assert (not backbone or all(g.abs().sum() == 0 for g in backbone)) == detach
