@@ -283,6 +283,18 @@ def load_search_dataset(json_file, image_root, split, dataset_name=None):
     return dicts
 
 
+def register_splits(prefix, load, **metadata):
+    """Register ``f"{prefix}_train"``, ``f"{prefix}_gallery"``, ``f"{prefix}_query"``, loaded lazily by
+    ``load(split, dataset_name)``, with ``evaluator_type="person_search"``, ``split``, the gallery's
+    ``query_set`` and ``metadata`` (``dataset_format``, ``root``, ...) in the MetadataCatalog."""
+    for split in SPLITS:
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(name, functools.partial(load, split, name))
+        meta = MetadataCatalog.get(name).set(evaluator_type="person_search", split=split, **metadata)
+        if split == "gallery":
+            meta.set(query_set=f"{prefix}_query")
+
+
 def register_search_dataset(name, json_file, image_root):
     """Register ``f"{name}_train"``, ``f"{name}_gallery"`` and ``f"{name}_query"`` (lazy loading).
 
@@ -290,13 +302,8 @@ def register_search_dataset(name, json_file, image_root):
     ``image_root``, ``split``, gallery: ``query_set``; ``thing_classes`` and (train) ``num_identities`` are
     set when the split is loaded.
     """
-    for split in SPLITS:
-        full = f"{name}_{split}"
-        DatasetCatalog.register(full, functools.partial(load_search_dataset, json_file, image_root, split, full))
-        meta = MetadataCatalog.get(full).set(evaluator_type="person_search", dataset_format="generic",
-                                             root=json_file, image_root=image_root, split=split)
-        if split == "gallery":
-            meta.set(query_set=f"{name}_query")
+    register_splits(name, functools.partial(load_search_dataset, json_file, image_root),
+                    dataset_format="generic", root=json_file, image_root=image_root)
 
 
 # ----------------------------------------------------------------------------- conversion from COCO

@@ -19,9 +19,8 @@ import re
 
 import numpy as np
 import scipy.io as sio
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .generic import build_dataset_dicts, contiguous_ids, set_num_identities
+from .generic import build_dataset_dicts, register_splits, contiguous_ids, set_num_identities
 
 logger = logging.getLogger(__name__)
 
@@ -205,10 +204,5 @@ def register_prw(prefix, root):
     Metadata: ``thing_classes=["person"]``, ``evaluator_type="person_search"``, ``dataset_format="prw"``,
     ``root``, ``split``; gallery: ``query_set``; train: ``num_identities`` once its dicts are loaded.
     """
-    for split in SPLITS:
-        name = f"{prefix}_{split}"
-        DatasetCatalog.register(name, functools.partial(load_prw, root, split, name))
-        meta = MetadataCatalog.get(name).set(thing_classes=["person"], evaluator_type="person_search",
-                                             dataset_format="prw", root=root, split=split)
-        if split == "gallery":
-            meta.set(query_set=f"{prefix}_query")
+    register_splits(prefix, functools.partial(load_prw, root), thing_classes=["person"], dataset_format="prw",
+                    root=root)
