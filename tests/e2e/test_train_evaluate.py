@@ -54,9 +54,9 @@ def test_trained_model_searches_far_above_chance(trained):
                 "queries": results["queries"][torch.randperm(len(results["queries"]), generator=g)]}
     chance = evaluate_search_results(shuffled, "cuhk_sysu", str(trained["data"]), gallery_size=100)
     print("trained:", {k: metrics[k] for k in metrics if "/" in k}, "chance mAP:", chance["mAP"])
-    # Measured at 600 iterations (seed 0): det AP 80, COCO AP50 85, mAP 15 against 3 for shuffled embeddings.
+    # Measured at 600 iterations (seed 0): det AP 82, COCO AP50 86, mAP 30-31 against 3 for shuffled embeddings.
     assert metrics["search/det_ap"] > 60.0 and metrics["bbox/AP50"] > 60.0
-    assert metrics["search/mAP"] > 2 * chance["mAP"]
+    assert metrics["search/mAP"] > 15.0 and metrics["search/mAP"] > 3 * chance["mAP"]
 
 
 @pytest.mark.slow
