@@ -109,6 +109,22 @@ def _ours(results, fmt, root, repeats, **kwargs):
     return out, tuple(statistics.median(t[i] for t in times) for i in range(3)), cache_bytes
 
 
+def _against_reference(ours, results, n_ref, galleries, detection_gt):
+    """Time the reference on the same results (search on n_ref queries, extrapolated; detection in full).
+
+    Returns (seconds with parsing, seconds without, number of queries, table note, max abs difference of
+    per-query AP and detection AP, as fractions)."""
+    ref, parse, loop, n_all = _reference_search(galleries, results, n_ref)
+    det_gt, det_parse = _timed(detection_gt)
+    det, det_loop = _timed(reference_impl.detection, det_gt, results)
+    n = len(ref["aps"])
+    diff = max(np.abs(ours["per_query"]["ap"][:n] - np.asarray(ref["aps"])).max(),
+               abs(ours["det_ap"] - det["ap"]) / 100)
+    warm = loop * n_all / n + det_loop
+    note = "" if n == n_all else f" ({n} of {n_all} queries, extrapolated)"
+    return parse + det_parse + warm, warm, n_all, note, diff
+
+
 def bench_cuhk(workdir, n_ref, quick, repeats):
     root = os.path.join(workdir, "cuhk_sysu")
     n_test, n_queries = (700, 290) if quick else (6978, 2900)
@@ -122,18 +138,11 @@ def bench_cuhk(workdir, n_ref, quick, repeats):
     rows = []
     for size in (100, -1):
         ours, t_ours, cache_bytes = _ours(results, "cuhk_sysu", root, repeats, gallery_size=size)
-        ref, parse, loop, n_all = _reference_search(
-            lambda: reference_impl.cuhk_sysu_galleries(root, size), results, n_ref)
-        det_gt, det_parse = _timed(reference_impl.cuhk_sysu_detection_gt, root, labeled=False)
-        det, det_loop = _timed(reference_impl.detection, det_gt, results)
-        n = len(ref["aps"])
-        diff = max(np.abs(ours["per_query"]["ap"][:n] - np.asarray(ref["aps"])).max(),
-                   abs(ours["det_ap"] - det["ap"]) / 100)
-        warm = loop * n_all / n + det_loop
-        note = "" if n == n_all else f" ({n} of {n_all} queries, extrapolated)"
+        total, warm, n_all, note, diff = _against_reference(
+            ours, results, n_ref, lambda: reference_impl.cuhk_sysu_galleries(root, size),
+            lambda: reference_impl.cuhk_sysu_detection_gt(root, labeled=False))
         label = "full set" if size == -1 else f"gallery {size}"
-        rows.append(_row(f"CUHK-SYSU {label}, {n_all} queries, {n_test} images", t_ours, parse + det_parse + warm,
-                         warm, note, diff))
+        rows.append(_row(f"CUHK-SYSU {label}, {n_all} queries, {n_test} images", t_ours, total, warm, note, diff))
         print(f"CUHK-SYSU {label}: protocol cache {cache_bytes / 2**20:.1f} MB", file=sys.stderr)
     return rows, root, images, queries
 
@@ -151,18 +160,11 @@ def bench_prw(workdir, n_ref, quick, repeats):
     rows = []
     for cross in (False, True):
         ours, t_ours, _ = _ours(results, "prw", root, repeats, cross_camera=cross)
-        ref, parse, loop, n_all = _reference_search(
-            lambda: reference_impl.prw_galleries(root, cross), results, n_ref)
-        det_gt, det_parse = _timed(reference_impl.prw_detection_gt, root)
-        det, det_loop = _timed(reference_impl.detection, det_gt, results)
-        n = len(ref["aps"])
-        diff = max(np.abs(ours["per_query"]["ap"][:n] - np.asarray(ref["aps"])).max(),
-                   abs(ours["det_ap"] - det["ap"]) / 100)
-        warm = loop * n_all / n + det_loop
-        note = "" if n == n_all else f" ({n} of {n_all} queries, extrapolated)"
+        total, warm, n_all, note, diff = _against_reference(
+            ours, results, n_ref, lambda: reference_impl.prw_galleries(root, cross),
+            lambda: reference_impl.prw_detection_gt(root))
         label = "cross-camera" if cross else "all"
-        rows.append(_row(f"PRW {label}, {n_all} queries, {len(images)} frames", t_ours, parse + det_parse + warm,
-                         warm, note, diff))
+        rows.append(_row(f"PRW {label}, {n_all} queries, {len(images)} frames", t_ours, total, warm, note, diff))
     return rows
 
 
