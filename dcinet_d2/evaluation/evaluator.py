@@ -15,6 +15,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvalua
 from detectron2.utils import comm
 
 from .offline import evaluate_search_results
+from .plots import plot_cmc, plot_gallery_size_curve
 from .results import save_results
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._format, self._root = meta.dataset_format, meta.root
         self._dataset_name = dataset_name
         self._output_dir = output_dir if save else None
-        self._gallery_sizes = list(gallery_sizes) if self._format == "cuhk_sysu" else [None]
+        self._settings = self._protocol_settings(self._format, gallery_sizes)
         self._det_thresh = det_thresh
         self.reset()
 
@@ -71,21 +72,36 @@ class PersonSearchEvaluator(DatasetEvaluator):
             save_results(os.path.join(self._output_dir, "search_results.pth"), results)
         return OrderedDict(search=self._metrics(results))
 
+    @staticmethod
+    def _protocol_settings(dataset_format, gallery_sizes):
+        """(metric-name suffix, evaluate_search_results keywords) of each reported setting; the first is
+        the headline (no suffix)."""
+        if dataset_format == "cuhk_sysu":
+            return [("" if i == 0 else f"@gallery{n}", {"gallery_size": n}) for i, n in enumerate(gallery_sizes)]
+        if dataset_format == "prw":
+            return [("", {"cross_camera": False}), ("@cross_camera", {"cross_camera": True})]
+        return [("", {})]
+
     def _metrics(self, results):
-        metrics = {}
-        settings = [dict(gallery_size=n) for n in self._gallery_sizes if n is not None] or [{}]
-        if self._format == "prw":
-            settings = [dict(cross_camera=False), dict(cross_camera=True)]
-        for i, kwargs in enumerate(settings):
+        metrics, outputs = {}, []
+        for suffix, kwargs in self._settings:
             out = evaluate_search_results(results, self._format, self._root, det_thresh=self._det_thresh,
                                           **kwargs)
-            suffix = "" if i == 0 else ("@cross_camera" if kwargs.get("cross_camera") else
-                                        f"@gallery{kwargs['gallery_size']}")
+            outputs.append((suffix, kwargs, out))
             for key in ("mAP", "top1", "top5", "top10"):
                 metrics[key + suffix] = out[key]
-            if i == 0:
-                metrics.update({k: out[k] for k in ("det_ap", "det_recall") if k in out})
+        metrics.update({k: outputs[0][2][k] for k in ("det_ap", "det_recall") if k in outputs[0][2]})
+        if self._output_dir:
+            self._plot(outputs)
         return metrics
+
+    def _plot(self, outputs):
+        """CMC curves of every setting; for CUHK-SYSU with several gallery sizes, mAP / top-1 against size."""
+        plot_cmc({suffix.lstrip("@") or "headline": out["cmc"] for suffix, _, out in outputs},
+                 os.path.join(self._output_dir, "cmc.png"), title=f"CMC: {self._dataset_name}")
+        if self._format == "cuhk_sysu" and len(outputs) > 1:
+            plot_gallery_size_curve({kw["gallery_size"]: out for _, kw, out in outputs},
+                                    os.path.join(self._output_dir, "gallery_size.png"))
 
 
 class GalleryCOCOEvaluator(COCOEvaluator):

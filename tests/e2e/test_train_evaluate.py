@@ -47,6 +47,7 @@ def test_trained_model_searches_far_above_chance(trained):
 
     metrics = _final_metrics(trained["out"])
     results_file = trained["out"] / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth"
+    assert (results_file.parent / "cmc.png").stat().st_size > 0  # the plot beside the metrics
     results = load_results(str(results_file))
     g = torch.Generator().manual_seed(0)
     shuffled = {"gallery": {k: dict(v, embeddings=v["embeddings"][torch.randperm(len(v["embeddings"]), generator=g)])
