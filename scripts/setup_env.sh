@@ -4,11 +4,13 @@
 #
 #   bash scripts/setup_env.sh            # venv at $DCINET_VENV (default ~/.cache/dcinet-d2/venv)
 #
-# The venv lives outside the clone so that CI and fresh clones reuse it; ./.venv links to it.
+# The heavy venv lives outside the clone so that CI and fresh clones reuse it; ./.venv is the clone's own
+# thin venv on top of it, holding only this clone's editable install (see link_and_install_project).
 # A venv is "ready" only when the stamp file written as the very last step matches the current
 # requirements and setup scripts; a failed build removes the venv, so nothing half-built looks ready.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"  # python -c puts the working folder first on sys.path: make it this clone
 VENV="${DCINET_VENV:-$HOME/.cache/dcinet-d2/venv}"
 PYTHON_BIN="${PYTHON:-python3.11}"
 STAMP="$VENV/.dcinet-ready"
@@ -23,20 +25,39 @@ WANT="$(cat "$ROOT/requirements.txt" "$ROOT"/scripts/setup/* | sha256sum | cut -
 VPY="$VENV/bin/python"
 
 link_and_install_project() {
-  # Editable install of this clone (a few seconds); redone when the venv points at another clone or
-  # setup.py changed (entry points).
-  local want_project have_project
-  want_project="$ROOT $(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
-  have_project="$(cat "$VENV/.dcinet-project" 2>/dev/null || true)"
-  if [ "$want_project" != "$have_project" ]; then
-    rm -f "$VENV/.dcinet-project"
-    "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2> >(grep -v '^WARNING: Location' >&2) \
-      || die "editable install of $ROOT failed"
-    "$VPY" -c 'import dcinet_d2' || die "editable install of $ROOT failed"
-    echo "$want_project" > "$VENV/.dcinet-project"
+  # ./.venv is this clone's own small venv layered on the shared one: its site-packages holds the editable
+  # install of THIS clone (and its console scripts), then a .pth adds the shared site-packages. So every
+  # entry point started from a clone (.venv/bin/python, dcinet-eval, scripts, test subprocesses) imports
+  # that clone's dcinet_d2, whichever clone built the shared environment. The shared venv never holds the
+  # project (an editable install there would serve one clone's code to all of them).
+  local local_venv="$ROOT/.venv" lpy="$ROOT/.venv/bin/python" shared_site want_project have_project
+  shared_site="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  if "$VPY" -m pip show -q dcinet_d2 >/dev/null 2>&1; then  # left by an earlier version of this script
+    "$VPY" -m pip uninstall -q -y dcinet_d2 || die "could not remove dcinet_d2 from the shared venv $VENV"
   fi
-  ln -sfn "$VENV" "$ROOT/.venv"
+  want_project="$VENV $(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
+  have_project="$(cat "$local_venv/.dcinet-project" 2>/dev/null || true)"
+  if [ -L "$local_venv" ] || [ "$want_project" != "$have_project" ] || ! [ -x "$lpy" ]; then
+    rm -rf "$local_venv"
+    "$PYTHON_BIN" -m venv --without-pip "$local_venv" || die "could not create $local_venv"
+    local_site="$("$lpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    # addsitedir (not a bare path line) so that the shared site-packages' own .pth files are processed too.
+    echo "import site; site.addsitedir('$shared_site')" > "$local_site/zz_dcinet_shared_env.pth"
+    "$lpy" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" 2> >(grep -v '^WARNING: Location' >&2) \
+      || die "editable install of $ROOT into $local_venv failed"
+    echo "$want_project" > "$local_venv/.dcinet-project"
+  fi
+  "$lpy" -c 'import dcinet_d2, os, sys
+root = os.path.realpath(sys.argv[1])
+assert os.path.realpath(dcinet_d2.__file__).startswith(root + os.sep), dcinet_d2.__file__' "$ROOT" \
+    || die "$local_venv does not import this clone's dcinet_d2 ($ROOT); remove $local_venv and rerun"
 }
+
+# One build at a time per shared venv (two clones set up at once); the per-clone part needs no lock but is
+# cheap, so it runs under it too.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VPY" -c 'import torch, detectron2, faiss' 2>/dev/null; then
   link_and_install_project
@@ -56,7 +77,7 @@ if ! "$VPY" -m pip install -q -r "$ROOT/requirements.txt" 2> >(grep -v '^WARNING
 fi
 PYTHON="$VPY" bash "$ROOT/scripts/setup/install_detectron2.sh" 2> >(grep -v '^WARNING: Location' >&2)
 link_and_install_project
-"$VPY" -W ignore -c "import dcinet_d2, detectron2, detectron2.export, faiss, pycocotools
+"$ROOT/.venv/bin/python" -W ignore -c "import dcinet_d2, detectron2, detectron2.export, faiss, pycocotools
 from detectron2 import model_zoo
 model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_C4_1x.yaml')"
 echo "$WANT" > "$STAMP"

@@ -10,11 +10,11 @@ Other top-level keys are kept and ignored.
 """
 import logging
 import os
-import uuid
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_open
 from .protocol import GalleryDetections
 
 logger = logging.getLogger(__name__)
@@ -98,19 +98,8 @@ def validate_results(results, source="results", check_finite=True):
 def save_results(path, results):
     """Validate and write ``results`` to ``path`` atomically (a temporary file in the folder, then rename)."""
     results = validate_results(results, source=str(path))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # A fresh name in the same folder (os.replace is atomic only within a file system); open(..., "xb")
-    # keeps the usual permissions, where mkstemp would make the result private.
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(results, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(results, f)
     logger.info("wrote search results of %d gallery images and %d queries to %s", len(results["gallery"]),
                 len(results["queries"]), path)
 

@@ -35,3 +35,41 @@ def test_patch_names_the_file_whose_text_differs(tmp_path):
 def test_patch_usage_error():
     res = _run()
     assert res.returncode == 2 and "usage" in res.stderr
+
+
+def _clone_with_marker(root, dest):
+    """A second clone of this project (its tracked and untracked files) whose dcinet_d2 says where it is."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if os.path.isfile(os.path.join(root, rel)):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(os.path.join(root, rel), os.path.join(dest, rel))
+    with open(os.path.join(dest, "dcinet_d2", "__init__.py"), "a") as f:
+        f.write("\nimport os as _os\nif _os.environ.get('DCINET_WHOAMI'):\n"
+                "    print('DCINET_D2_FROM', _os.path.realpath(__file__))\n")
+
+
+def test_each_clone_runs_its_own_code_with_one_shared_environment(tmp_path):
+    """Two clones, one cached environment: the second clone's set-up must not make the first one run the
+    second's code, and every entry point of the second (python, dcinet-eval, scripts/train_net.py, a
+    subprocess started by its tests) imports the second clone's dcinet_d2."""
+    clone = tmp_path / "clone b"  # a space in the path on purpose
+    _clone_with_marker(ROOT, str(clone))
+    res = subprocess.run(["bash", str(clone / "scripts" / "setup_env.sh")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    env = dict(os.environ, DCINET_WHOAMI="1")
+    own = os.path.realpath(clone / "dcinet_d2" / "__init__.py")
+    for cmd in ([str(clone / ".venv" / "bin" / "python"), "-c", "import dcinet_d2"],
+                [str(clone / ".venv" / "bin" / "dcinet-eval"), "--help"],
+                [str(clone / ".venv" / "bin" / "python"), str(clone / "scripts" / "train_net.py"), "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert f"DCINET_D2_FROM {own}" in out.stdout, (cmd, out.stdout)
+    # This clone, started after the other's set-up, still runs this clone's code.
+    ours = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c",
+                           "import dcinet_d2, os; print(os.path.realpath(dcinet_d2.__file__))"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.strip() == os.path.realpath(os.path.join(ROOT, "dcinet_d2", "__init__.py"))
+    assert "DCINET_D2_FROM" not in ours.stdout
