@@ -14,6 +14,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dcinet-eval=dcinet_d2.evaluation.offline:main",
+            "dcinet-search=dcinet_d2.search.cli:main",
         ]
     },
 )

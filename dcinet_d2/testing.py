@@ -62,3 +62,22 @@ def random_batch(num_images=2, size=(128, 160), pids=((0, 1, -1), (0, 2)), seed=
         image = (torch.rand(3, h, w, generator=g) * 255).to(torch.uint8)
         batch.append({"image": image, "height": h, "width": w, "instances": inst})
     return batch
+
+
+def save_tiny_model(folder, seed=0):
+    """Write a randomly initialised :func:`tiny_cfg` model as a config file and a checkpoint, as training
+    leaves them (``config.yaml``, ``model_final.pth``); returns (config path, weights path)."""
+    import os
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg()
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    os.makedirs(folder, exist_ok=True)
+    DetectionCheckpointer(model, save_dir=str(folder)).save("model_final")
+    config = os.path.join(folder, "config.yaml")
+    with open(config, "w") as f:
+        f.write(cfg.dump())
+    return config, os.path.join(folder, "model_final.pth")

@@ -1,0 +1,337 @@
+"""The ``dcinet-search`` command: index a gallery, query it, describe an index.
+
+    dcinet-search index --config-file CFG --weights W (--images DIR | --video FILE [--every N | --fps R] |
+                        --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
+    dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
+    dcinet-search info --index INDEX_DIR
+
+Bad input ends in one ``error: ...`` line and exit code 2; unreadable gallery images are skipped and named.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("dcinet_d2.search")
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2, one line)."""
+
+
+def _box(text):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected X1,Y1,X2,Y2 (four numbers, original pixels)")
+    return values
+
+
+def _shard(text):
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/2") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= I < N")
+    return i, n
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="dcinet-search", description="Index a gallery of scene images (or a "
+                                     "video) with a trained I-Net / DC-I-Net model, and search it for a person.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("index", help="detect and embed every gallery image not yet in the index")
+    p.add_argument("--config-file", required=True, help="the model's config (as used for training)")
+    p.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images (recursive; jpg, jpeg, png, bmp, webp)")
+    src.add_argument("--video", help="video file (OpenCV)")
+    src.add_argument("--dataset", help="a registered Detectron2 dataset name, e.g. cuhk_sysu_gallery")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=int, default=None, help="video: index one frame every N frames")
+    rate.add_argument("--fps", type=float, default=None, help="video: index about this many frames a second")
+    p.add_argument("--out", required=True, help="index folder (created, or extended if it exists)")
+    p.add_argument("--det-thresh", type=float, default=None,
+                   help="keep detections with at least this score (default: the config's TEST.PERSON_SEARCH."
+                        "DET_THRESH)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--checkpoint-every", type=int, default=64,
+                   help="save the rows every N images (a killed build loses at most N images of work)")
+    p.add_argument("--shard", type=_shard, default=(0, 1),
+                   help="I/N: index only shard I of N (N commands share one --out; then run once without "
+                        "--shard to merge)")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes (one per GPU) under Detectron2's launch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+
+    q = sub.add_parser("query", help="search an index for the person in a query box")
+    q.add_argument("--index", required=True, help="index folder")
+    q.add_argument("--image", required=True, help="query image")
+    q.add_argument("--box", required=True, type=_box, help="X1,Y1,X2,Y2: the person, in the query image's pixels")
+    q.add_argument("--top-k", type=int, default=10, help="number of hits")
+    q.add_argument("--det-thresh", type=float, default=None, help="only gallery detections with this score or more")
+    q.add_argument("--one-per-image", action="store_true", help="at most one hit per gallery image (frame)")
+    exact = q.add_mutually_exclusive_group()
+    exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
+    exact.add_argument("--approximate", action="store_true", help="approximate search (faiss IVF)")
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    q.add_argument("--vis", help="write a PNG: the query crop beside the top-k gallery images with their hits")
+    q.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
+    q.add_argument("--weights", help="the model's weights (default: the file named in the index manifest)")
+    q.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    i = sub.add_parser("info", help="describe an index")
+    i.add_argument("--index", required=True, help="index folder")
+    return parser
+
+
+def _check_threshold(value):
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(f"--det-thresh {value}: expected a detection score threshold in [0, 1]")
+
+
+def _cfg(config_file, weights, device, opts=(), det_thresh=None):
+    import torch
+    from detectron2.config import get_cfg
+
+    from .. import add_dcinet_config
+
+    if not os.path.isfile(config_file):
+        raise UsageError(f"{config_file}: config file not found")
+    cfg = get_cfg()
+    add_dcinet_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except Exception as e:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError for bad keys
+        raise UsageError(f"{config_file}: not a dcinet-d2 config ({type(e).__name__}: {e})") from None
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if det_thresh is not None:  # the model must not drop what the index keeps
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
+    return cfg
+
+
+def _items(args):
+    from .sources import dataset_items, folder_items, video_items
+
+    if args.images:
+        return os.path.abspath(args.images), list(folder_items(args.images))
+    if args.dataset:
+        root, items = dataset_items(args.dataset)
+        return root, list(items)
+    return os.path.dirname(os.path.abspath(args.video)), None  # frames are read as they are indexed
+
+
+def _index_worker(args):
+    from detectron2.utils import comm
+
+    from .indexer import finalize, index_items, open_index
+    from .predictor import PersonSearchPredictor
+    from .sources import video_items
+
+    rank, world = comm.get_rank(), comm.get_world_size()
+    shard = (rank, world) if world > 1 else args.shard
+    cfg = _cfg(args.config_file, args.weights, args.device, args.opts, args.det_thresh)
+    det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
+    if world > 1:
+        cfg.MODEL.DEVICE = "cuda" if cfg.MODEL.DEVICE == "cuda" else cfg.MODEL.DEVICE
+    root, items = _items(args)
+    predictor = PersonSearchPredictor(cfg)
+    if rank == 0:
+        index = open_index(args.out, cfg, det_thresh, root)
+    comm.synchronize()
+    if rank != 0:
+        index = open_index(args.out, cfg, det_thresh, root)
+    if items is None:
+        items = video_items(args.video, args.every or 1, args.fps, done=set(index.images))
+    summary = index_items(predictor, items, index, batch_size=args.batch_size,
+                          checkpoint_every=args.checkpoint_every, shard=shard,
+                          total=len(items) if isinstance(items, list) else None,
+                          progress=not args.quiet and rank == 0)
+    summaries = comm.gather(summary)
+    comm.synchronize()
+    if rank != 0:
+        return None
+    final = finalize(args.out) if shard[1] == 1 or world > 1 else None
+    _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1))
+    return 0
+
+
+def _print_index_summary(args, summaries, final, shard):
+    indexed = sum(s["indexed"] for s in summaries)
+    detections = sum(s["detections"] for s in summaries)
+    seconds = max(s["seconds"] for s in summaries)
+    skipped = [x for s in summaries for x in s["skipped"]]
+    rate = indexed / seconds if seconds > 0 else 0.0
+    part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(f"indexed {indexed} images{part}, {detections} detections, in {seconds:.1f} s ({rate:.2f} images/s); "
+          f"already in the index: {summaries[0]['already'] if len(summaries) == 1 else 'see shards'}")
+    print(f"skipped {len(skipped)} images" + (":" if skipped else ""))
+    for image, reason in skipped:
+        print(f"  {image}: {reason}")
+    if final is not None:
+        print(f"index {args.out}: {final.num_images} images, {final.num_boxes} boxes, "
+              f"{final.search_kind or 'flat'} search")
+    else:
+        print(f"index {args.out}: shard written; run the same command without --shard to merge the shards")
+
+
+def _cmd_index(args):
+    import torch
+    from detectron2.engine import launch
+
+    _check_threshold(args.det_thresh)
+    if args.batch_size < 1 or args.checkpoint_every < 1:
+        raise UsageError("--batch-size and --checkpoint-every must be at least 1")
+    if (args.every is not None or args.fps is not None) and not args.video:
+        raise UsageError("--every and --fps apply to --video only")
+    if args.every is not None and args.every < 1:
+        raise UsageError(f"--every {args.every}: expected a positive number of frames")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise UsageError(f"--fps {args.fps}: expected a positive frame rate")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UsageError(f"{args.weights}: weights file not found")
+    if args.num_gpus > 1:
+        if args.shard != (0, 1):
+            raise UsageError("--shard and --num-gpus > 1 exclude each other")
+        if torch.cuda.device_count() < args.num_gpus:
+            raise UsageError(f"--num-gpus {args.num_gpus}: {torch.cuda.device_count()} GPUs here; on the CPU, run "
+                             f"{args.num_gpus} commands with --shard 0/{args.num_gpus} .. --shard "
+                             f"{args.num_gpus - 1}/{args.num_gpus}, then one without --shard")
+        launch(_index_worker, args.num_gpus, dist_url="auto", args=(args,))
+        return 0
+    return _index_worker(args)
+
+
+def _hit_image_loader(root):
+    from .sources import read_image_bgr
+
+    def load(hit):
+        path = os.path.join(root, hit.image)
+        if hit.frame is None:
+            return read_image_bgr(path)
+        import cv2
+
+        capture = cv2.VideoCapture(path)
+        capture.set(cv2.CAP_PROP_POS_FRAMES, hit.frame)
+        ok, image = capture.read()
+        capture.release()
+        if not ok:
+            raise ValueError(f"{path}: frame {hit.frame} cannot be read")
+        return image
+    return load
+
+
+def _query_model(args, manifest):
+    """The model of an index (its config.yaml and weights), or the one given, checked against the index."""
+    from .indexer import model_fingerprint, same_model
+    from .predictor import PersonSearchPredictor
+
+    model = manifest.get("model") or {}
+    config = args.config_file or os.path.join(args.index, "config.yaml")
+    weights = args.weights or model.get("weights")
+    if not weights or not os.path.isfile(weights):
+        raise UsageError(f"{weights}: the index's weights file is not found; give it with --weights")
+    cfg = _cfg(config, weights, args.device)
+    fingerprint = model_fingerprint(cfg)
+    if fingerprint["embedding_dim"] != manifest["embedding_dim"]:
+        raise UsageError(f"{args.index}: index embeddings have dimension {manifest['embedding_dim']}, the model "
+                         f"({config}) makes {fingerprint['embedding_dim']}")
+    if not same_model(model, fingerprint):
+        raise UsageError(f"{args.index}: the index was built by another model than {config} + {weights} (config "
+                         "or weights differ): similarities between them mean nothing; index again with this model")
+    return PersonSearchPredictor(cfg)
+
+
+def _cmd_query(args):
+    from .index import GalleryIndex, read_manifest
+    from .sources import read_image_bgr
+    from .vis import draw_search
+
+    _check_threshold(args.det_thresh)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: expected a positive number of hits")
+    if not os.path.isfile(args.image):
+        raise UsageError(f"{args.image}: query image not found")
+    manifest = read_manifest(args.index)
+    if args.det_thresh is not None and args.det_thresh < manifest["det_thresh"] - 1e-9:
+        logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
+                       args.det_thresh, manifest["det_thresh"], manifest["det_thresh"])
+    image = read_image_bgr(args.image)
+    predictor = _query_model(args, manifest)
+    query = predictor.embed(image, [args.box]).numpy()
+    index = GalleryIndex.load(args.index)
+    approximate = True if args.approximate else (False if args.exact else None)
+    hits = index.search(query, args.top_k, det_thresh=args.det_thresh, one_per_image=args.one_per_image,
+                        approximate=approximate)[0]
+    if args.json:
+        print(json.dumps({"query": {"image": args.image, "box": args.box}, "hits": [h.to_dict() for h in hits]}))
+    else:
+        _print_hits(hits)
+    if args.vis:
+        draw_search(image, args.box, hits, _hit_image_loader(index.gallery_root), args.vis)
+        if not args.json:
+            print(f"picture: {args.vis}")
+    return 0
+
+
+def _print_hits(hits):
+    from tabulate import tabulate
+
+    rows = [[h.rank, h.image if h.frame is None else f"{h.image}#{h.frame}", ",".join(f"{v:.0f}" for v in h.box),
+             f"{h.similarity:.3f}", f"{h.score:.3f}"] for h in hits]
+    print(tabulate(rows, headers=["rank", "image", "box", "similarity", "det score"], tablefmt="simple"))
+    if not hits:
+        print("(no gallery detection passes the filters)")
+
+
+def _cmd_info(args):
+    from .index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    manifest = index.manifest()
+    model = index.model or {}
+    parts = len(os.listdir(os.path.join(args.index, "parts")))
+    print(f"index {os.path.abspath(args.index)} (format version {manifest['format_version']})\n"
+          f"  {index.num_images} images, {index.num_boxes} boxes of dimension {index.dim}, in {parts} part file(s)\n"
+          f"  detections kept with score >= {index.det_thresh}\n"
+          f"  gallery root: {index.gallery_root}\n"
+          f"  model: config sha256 {str(model.get('config_sha256'))[:16]}.., weights {model.get('weights')} "
+          f"(sha256 {str(model.get('weights_sha256'))[:16]}..)\n"
+          f"  search: {index.search_kind or 'not built yet'}"
+          + (" (exact, faiss flat)" if index.search_kind == "flat" else
+             " (approximate, faiss IVF)" if index.search_kind == "ivf" else ""))
+    return 0
+
+
+def main(argv=None):
+    """Command line ``dcinet-search``; returns the exit code (2 on bad input, with one "error: ..." line)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message=r"torch.meshgrid", category=UserWarning)
+    try:
+        return {"index": _cmd_index, "query": _cmd_query, "info": _cmd_info}[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; what was saved is kept (run the same command again to continue)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
+        if os.environ.get("DCINET_DEBUG"):
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""GalleryIndex: the detections of a gallery (image, frame, box, score, embedding) and search over them.
+
+On disk an index is a folder (safe formats only, every file written atomically):
+
+    manifest.json          format version, embedding dimension, counts, detection threshold, gallery root,
+                           model fingerprint (config hash, weights checksum), search structure
+    config.yaml            the model's config (``dcinet-search query`` rebuilds the model from it)
+    parts/*.npz            rows, written as they are computed (numpy arrays, no pickle): ``images`` (U),
+                           ``frames`` (int64, -1 = still image), ``entry_image`` (int64 row -> image),
+                           ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
+                           ``embeddings`` (float32 [N, D], L2-normalised)
+    search.faiss           the faiss index over all rows in canonical order (rebuilt when out of date)
+
+A part lands whole or not at all (temporary file, then rename), so a build killed at any moment keeps every
+finished part, and the next build skips their images. An image found in two parts (a kill between a
+compaction's write and its deletes, or two shards given the same image) is kept once.
+"""
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+import uuid
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..fileio import atomic_open, write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex"]
+
+FORMAT_VERSION = 1
+# At and above this many boxes the index searches an IVF structure instead of exact flat search
+# (BENCHMARKS.md "Gallery search": flat search grows linearly, about 30 ms a query at 1M boxes).
+APPROX_MIN_BOXES = 200_000
+# IVF probes: recall@10 >= 0.95 against exact search at 1M clustered boxes (BENCHMARKS.md).
+IVF_NPROBE = 32
+_NORM_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass
+class Hit:
+    rank: int  # 1-based
+    image: str  # path relative to the gallery root
+    frame: Optional[int]  # video frame number, None for a still image
+    box: List[float]  # XYXY, original pixels
+    score: float  # detection score
+    similarity: float  # cosine similarity to the query
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _digest(keys: Sequence[Tuple[str, int]], num_boxes: int) -> str:
+    h = hashlib.sha256(f"{num_boxes}\n".encode())
+    for image, frame in keys:
+        h.update(f"{image}\0{frame}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+class GalleryIndex:
+    """Rows of detections, grouped by image, and nearest-neighbour search by inner product.
+
+    Args:
+        dim (int): embedding dimension D.
+        det_thresh (float): the detection threshold the rows were kept with (query-time thresholds below it
+            have nothing more to find).
+        gallery_root (str): folder the image paths are relative to.
+        model (dict): fingerprint of the model that made the embeddings (``config_sha256``, ``weights_sha256``,
+            ``weights``), compared before rows from another model are mixed in or queried.
+    """
+
+    def __init__(self, dim: int, det_thresh: float = 0.0, gallery_root: str = "", model: Optional[Dict] = None):
+        self.dim, self.det_thresh, self.gallery_root, self.model = int(dim), float(det_thresh), gallery_root, model
+        self.path = None  # folder this index was loaded from or saved to
+        self.images: List[Tuple[str, int]] = []
+        self._image_ids: Dict[Tuple[str, int], int] = {}
+        # Rows are kept as lists of per-image chunks, joined on first use (adding image by image stays linear).
+        self._chunks = {"entry_image": [np.zeros(0, np.int64)], "boxes": [np.zeros((0, 4), np.float32)],
+                        "scores": [np.zeros(0, np.float32)], "embeddings": [np.zeros((0, self.dim), np.float32)]}
+        self._pending = []  # image ids added since the last save
+        self._search, self.search_kind = None, None
+
+    # ------------------------------------------------------------------ rows
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_boxes(self) -> int:
+        return sum(len(c) for c in self._chunks["scores"])
+
+    def __contains__(self, key) -> bool:
+        return tuple(key) in self._image_ids
+
+    def add(self, image: str, frame: int, boxes, scores, embeddings):
+        """Add one image's detections (possibly none): boxes [n, 4] XYXY, scores [n], embeddings [n, D]
+        L2-normalised. An image already in the index raises ValueError (an index never holds one twice)."""
+        key = (str(image), int(frame))
+        if key in self._image_ids:
+            raise ValueError(f"{image} (frame {frame}) is already in the index")
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim) if len(scores) else \
+            np.zeros((0, self.dim), np.float32)
+        if not (len(boxes) == len(scores) == len(embeddings)):
+            raise ValueError(f"{image}: {len(boxes)} boxes, {len(scores)} scores, {len(embeddings)} embeddings")
+        for name, array in (("boxes", boxes), ("scores", scores), ("embeddings", embeddings)):
+            if not np.isfinite(array).all():
+                raise ValueError(f"{image}: {name} hold NaN or infinite values")
+        if len(embeddings) and np.abs(np.linalg.norm(embeddings, axis=1) - 1).max() > _NORM_TOLERANCE:
+            raise ValueError(f"{image}: embeddings are not L2-normalised (inner products would not be cosines)")
+        self._append(key, boxes, scores, embeddings)
+        self._pending.append(self._image_ids[key])
+
+    def _append(self, key, boxes, scores, embeddings):
+        self._image_ids[key] = len(self.images)
+        self.images.append(key)
+        for name, value in (("entry_image", np.full(len(scores), self._image_ids[key])), ("boxes", boxes),
+                            ("scores", scores), ("embeddings", embeddings)):
+            self._chunks[name].append(value)
+        self._search = None
+
+    def _rows(self, name):
+        chunks = self._chunks[name]
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0]
+
+    entry_image = property(lambda self: self._rows("entry_image"), doc="int64 [N]: row -> image id")
+    boxes = property(lambda self: self._rows("boxes"), doc="float32 [N, 4]: XYXY, original pixels")
+    scores = property(lambda self: self._rows("scores"), doc="float32 [N]: detection scores")
+    embeddings = property(lambda self: self._rows("embeddings"), doc="float32 [N, D]: L2-normalised")
+
+    # ------------------------------------------------------------------ search
+    def _structure(self, approximate: Optional[bool]):
+        import faiss
+
+        want = ("ivf" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
+                and self.num_boxes > 0 else "flat")
+        if self._search is None or self.search_kind != want:
+            self._search, self.search_kind = build_faiss(self.embeddings, want), want
+        return self._search
+
+    def search(self, queries, top_k: int = 10, det_thresh: Optional[float] = None, one_per_image: bool = False,
+               approximate: Optional[bool] = None) -> List[List[Hit]]:
+        """The ``top_k`` rows most similar to each query, in decreasing similarity.
+
+        Args:
+            queries: [q, D] or [D] L2-normalised embeddings.
+            det_thresh: only rows with a detection score >= this (default: all rows of the index).
+            one_per_image: keep only the most similar row of each image (and frame).
+            approximate: None = IVF at and above APPROX_MIN_BOXES rows, exact flat search below; or forced.
+        Returns:
+            one list of :class:`Hit` per query (shorter than ``top_k`` when fewer rows qualify).
+        """
+        queries = np.ascontiguousarray(np.asarray(queries, np.float32).reshape(-1, self.dim))
+        if top_k < 1:
+            raise ValueError(f"top-k {top_k}: expected a positive number of hits")
+        if not np.isfinite(queries).all():
+            raise ValueError("query embeddings hold NaN or infinite values")
+        keep = np.ones(self.num_boxes, bool) if det_thresh is None else self.scores >= det_thresh
+        wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
+        if wanted == 0:
+            return [[] for _ in queries]
+        structure = self._structure(approximate)
+        # Filters drop rows after the search: widen k until enough rows pass (or all rows are searched).
+        k = min(self.num_boxes, max(wanted * 4, 32))
+        while True:
+            sims, ids = structure.search(queries, k)
+            hits = [self._hits(s, i, keep, one_per_image, wanted) for s, i in zip(sims, ids)]
+            if all(len(h) >= wanted for h in hits) or k >= self.num_boxes:
+                return hits
+            k = min(self.num_boxes, k * 4)
+
+    def _hits(self, sims, ids, keep, one_per_image, wanted) -> List[Hit]:
+        hits, seen = [], set()
+        for sim, row in zip(sims, ids):
+            if row < 0 or not keep[row]:
+                continue
+            img = int(self.entry_image[row])
+            if one_per_image and img in seen:
+                continue
+            seen.add(img)
+            image, frame = self.images[img]
+            hits.append(Hit(len(hits) + 1, image, None if frame < 0 else frame,
+                            [round(float(v), 2) for v in self.boxes[row]], float(self.scores[row]), float(sim)))
+            if len(hits) == wanted:
+                break
+        return hits
+
+    # ------------------------------------------------------------------ files
+    def manifest(self) -> Dict:
+        return {"format_version": FORMAT_VERSION, "embedding_dim": self.dim, "num_images": self.num_images,
+                "num_boxes": self.num_boxes, "det_thresh": self.det_thresh, "gallery_root": self.gallery_root,
+                "model": self.model, "search": {"kind": self.search_kind,
+                                                "digest": _digest(self.images, self.num_boxes)}}
+
+    def save(self, path: str, compact: bool = False, search_file: bool = False):
+        """Write the rows added since the last save as one new part, then the manifest.
+
+        Args:
+            compact: rewrite all rows as one part and delete the others (after a build).
+            search_file: also write the faiss structure (``search.faiss``) for fast loading.
+        """
+        os.makedirs(os.path.join(path, "parts"), exist_ok=True)
+        if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):
+            compact = True  # a copy elsewhere: everything goes into that folder
+        old_parts = _part_files(path)
+        if compact:
+            self._write_part(path, range(self.num_images), "all")
+            self._pending = []
+            for part in old_parts:
+                os.remove(part)
+        elif self._pending:
+            self._write_part(path, self._pending, "p")
+            self._pending = []
+        if search_file and self.num_boxes:
+            import faiss
+
+            structure = self._structure(None)
+            with atomic_open(os.path.join(path, "search.faiss"), "wb") as f:
+                f.write(faiss.serialize_index(structure).tobytes())
+        write_json(os.path.join(path, "manifest.json"), self.manifest())
+        self.path = path
+
+    def _write_part(self, path, image_ids, tag):
+        image_ids = np.asarray(list(image_ids), np.int64)
+        rows = np.flatnonzero(np.isin(self.entry_image, image_ids))
+        remap = np.full(max(self.num_images, 1), -1, np.int64)
+        remap[image_ids] = np.arange(len(image_ids))
+        name = os.path.join(path, "parts", f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz")
+        with atomic_open(name, "wb") as f:
+            np.savez(f, images=np.array([self.images[i][0] for i in image_ids], dtype=np.str_),
+                     frames=np.array([self.images[i][1] for i in image_ids], np.int64),
+                     entry_image=remap[self.entry_image[rows]], boxes=self.boxes[rows], scores=self.scores[rows],
+                     embeddings=self.embeddings[rows])
+
+    @classmethod
+    def load(cls, path: str) -> "GalleryIndex":
+        """Read an index folder. FileNotFoundError / ValueError (naming the file) when it is missing or
+        corrupt. Rows are put in canonical order (by image path, frame, then detection order)."""
+        manifest = read_manifest(path)
+        index = cls(manifest["embedding_dim"], manifest["det_thresh"], manifest["gallery_root"], manifest["model"])
+        parts = [_read_part(p, index.dim) for p in _part_files(path)]
+        keys = sorted({k for part in parts for k in part["keys"]})
+        for key in keys:  # first part holding an image wins; parts hold the same rows for it anyway
+            part = next(p for p in parts if key in p["where"])
+            rows = part["rows"][part["where"][key]]
+            index._append(key, part["boxes"][rows], part["scores"][rows], part["embeddings"][rows])
+        index.path = path
+        index._load_search_file(path, manifest)
+        return index
+
+    def _load_search_file(self, path, manifest):
+        search = manifest.get("search") or {}
+        file = os.path.join(path, "search.faiss")
+        if search.get("kind") and os.path.isfile(file) and search.get("digest") == _digest(self.images,
+                                                                                             self.num_boxes):
+            import faiss
+
+            try:
+                self._search = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
+                self.search_kind = search["kind"]
+            except RuntimeError:
+                logger.warning("%s: unreadable faiss file; the search structure is rebuilt", file)
+
+
+def build_faiss(embeddings: np.ndarray, kind: str):
+    """A faiss inner-product structure over ``embeddings`` [N, D]: "flat" (exact) or "ivf" (IVF-Flat with
+    about 4 sqrt(N) lists, IVF_NPROBE of them probed)."""
+    import faiss
+
+    n, dim = embeddings.shape
+    if kind == "flat" or n < 1000:
+        structure = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(min(4 * np.sqrt(n), n // 39))
+        structure = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = embeddings[rng.choice(n, min(n, nlist * 64), replace=False)]
+        structure.train(np.ascontiguousarray(sample))
+        structure.nprobe = min(IVF_NPROBE, nlist)
+    structure.add(np.ascontiguousarray(embeddings))
+    return structure
+
+
+def _part_files(path):
+    return sorted(glob.glob(os.path.join(glob.escape(path), "parts", "*.npz")))
+
+
+def read_manifest(path: str) -> Dict:
+    """The manifest of an index folder, checked; FileNotFoundError / ValueError naming the file."""
+    file = os.path.join(path, "manifest.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such index folder")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: not found: {path} is not a gallery index (dcinet-search index makes one)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ValueError(f"{file}: index format version {version!r}, this dcinet-d2 reads {FORMAT_VERSION}")
+    for key, kind in (("embedding_dim", int), ("det_thresh", (int, float)), ("gallery_root", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{file}: missing or invalid {key!r}")
+    return manifest
+
+
+def _read_part(file, dim):
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            part = {k: z[k] for k in ("images", "frames", "entry_image", "boxes", "scores", "embeddings")}
+    except Exception as e:  # noqa: BLE001 - numpy / zipfile raise many types for a damaged file
+        raise ValueError(f"{file}: corrupt index part ({type(e).__name__}: {e}); delete it and index again "
+                         "to recompute its images") from None
+    n = len(part["scores"])
+    if part["embeddings"].shape != (n, dim) or part["boxes"].shape != (n, 4) or len(part["entry_image"]) != n \
+            or len(part["images"]) != len(part["frames"]):
+        raise ValueError(f"{file}: index part does not match the manifest (embedding dimension {dim}); delete it "
+                         "and index again")
+    part["keys"] = [(str(i), int(f)) for i, f in zip(part["images"], part["frames"])]
+    part["where"] = {k: i for i, k in enumerate(part["keys"])}
+    order = np.argsort(part["entry_image"], kind="stable")
+    bounds = np.searchsorted(part["entry_image"][order], np.arange(len(part["keys"]) + 1))
+    part["rows"] = [order[bounds[i]:bounds[i + 1]] for i in range(len(part["keys"]))]
+    return part

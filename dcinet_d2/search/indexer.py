@@ -1,0 +1,164 @@
+"""Building a gallery index: detect and embed every image of a source not yet in the index.
+
+Rows are saved as a part every ``checkpoint_every`` images, so a killed build loses at most that much work
+and the next build (same command) continues where it stopped. With ``shard=(i, n)`` a process takes the
+images whose key hashes to ``i`` modulo ``n``; n processes (Detectron2's ``launch``, or n separate commands)
+share one index folder, each writing its own parts, and a last plain run merges them (``finalize``).
+"""
+import hashlib
+import itertools
+import logging
+import os
+import sys
+import time
+import zlib
+from typing import Dict, Iterable, Optional, Tuple
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .index import GalleryIndex, read_manifest
+from .sources import GalleryItem, UnreadableImage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["model_fingerprint", "open_index", "index_items", "finalize"]
+
+# Keys that do not change what the model computes for a kept detection.
+_FINGERPRINT_IGNORES = ("MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.ROI_HEADS.SCORE_THRESH_TEST")
+
+
+def _sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(cfg) -> Dict:
+    """Identity of the model that makes the embeddings: hashes of its config (MODEL and INPUT nodes, minus
+    weights path, device and score threshold) and of its weights file."""
+    node = cfg.clone()
+    node.defrost()
+    for key in _FINGERPRINT_IGNORES:
+        parent, leaf = key.rsplit(".", 1)
+        setattr(_select(node, parent), leaf, None)
+    text = node.MODEL.dump() + node.INPUT.dump()
+    return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "weights_sha256": _sha256_file(cfg.MODEL.WEIGHTS), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
+            "embedding_dim": int(cfg.MODEL.REID.EMBED_DIM)}
+
+
+def _select(node, dotted):
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def same_model(a: Dict, b: Dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("config_sha256", "weights_sha256", "embedding_dim"))
+
+
+def open_index(path: str, cfg, det_thresh: float, gallery_root: str) -> GalleryIndex:
+    """The index at ``path`` to extend, or a new empty one (its manifest and config written at once).
+
+    Raises ValueError when the existing index was built by another model, with another detection threshold
+    or from another gallery root: mixing them would make its rows incomparable.
+    """
+    fingerprint = model_fingerprint(cfg)
+    gallery_root = os.path.abspath(gallery_root)
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        manifest = read_manifest(path)
+        problems = []
+        if not same_model(manifest.get("model") or {}, fingerprint):
+            problems.append("it was built by another model (config or weights differ)")
+        if abs(manifest["det_thresh"] - det_thresh) > 1e-9:
+            problems.append(f"it was built with --det-thresh {manifest['det_thresh']}, not {det_thresh}")
+        if manifest["gallery_root"] != gallery_root:
+            problems.append(f"its gallery root is {manifest['gallery_root']}, not {gallery_root}")
+        if problems:
+            raise ValueError(f"{path}: cannot extend this index: {'; '.join(problems)}; choose another --out")
+        return GalleryIndex.load(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ValueError(f"{path}: exists and is not a gallery index; choose a new or empty --out folder")
+    index = GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint)
+    from ..fileio import atomic_open
+
+    with atomic_open(os.path.join(path, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    index.save(path)
+    return index
+
+
+def shard_of(key: Tuple[str, int], num_shards: int) -> int:
+    """Stable shard of an image key (the same in every process and run, whatever is already indexed)."""
+    return zlib.crc32(f"{key[0]}\0{key[1]}".encode("utf-8", "surrogateescape")) % num_shards
+
+
+def index_items(predictor, items: Iterable[GalleryItem], index: GalleryIndex, *, batch_size: int = 1,
+                checkpoint_every: int = 64, shard: Tuple[int, int] = (0, 1), total: Optional[int] = None,
+                progress: bool = True) -> Dict:
+    """Detect and embed every item not yet in ``index``, saving a part every ``checkpoint_every`` images.
+
+    Args:
+        predictor: a PersonSearchPredictor (its score threshold at or below ``index.det_thresh``).
+        items: GalleryItems; those already indexed, or of another shard, are skipped unread.
+    Returns:
+        dict: ``indexed`` (images added), ``detections`` (rows added), ``already`` (images skipped as indexed),
+        ``skipped`` (list of (image, reason) for unreadable images), ``seconds``.
+    """
+    summary = {"indexed": 0, "detections": 0, "already": 0, "skipped": [], "seconds": 0.0}
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def todo():
+        for item in items:
+            if item.key in index:
+                summary["already"] += 1
+                bar.update(1)
+            elif shard[1] == 1 or shard_of(item.key, shard[1]) == shard[0]:
+                yield item
+
+    pending = iter(todo())
+    with logging_redirect_tqdm():
+        _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar)
+    bar.close()
+    index.save(index.path)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
+    since_save = 0
+    while True:
+        batch = list(itertools.islice(pending, batch_size))
+        if not batch:
+            break
+        loaded = []
+        for item in batch:
+            try:
+                loaded.append((item, item.load()))
+            except UnreadableImage as e:
+                logger.warning("skipped %s", e)
+                summary["skipped"].append((item.image if item.frame < 0 else f"{item.image}#{item.frame}", e.reason))
+        if loaded:
+            outputs = predictor.predict_batch([image for _, image in loaded])
+            for (item, _), out in zip(loaded, outputs):
+                keep = out.scores >= index.det_thresh
+                index.add(item.image, item.frame, out.pred_boxes.tensor[keep].numpy(), out.scores[keep].numpy(),
+                          out.reid_embeddings[keep].numpy())
+                summary["indexed"] += 1
+                summary["detections"] += int(keep.sum())
+            since_save += len(loaded)
+        bar.update(len(batch))
+        if since_save >= checkpoint_every:
+            index.save(index.path)
+            since_save = 0
+
+
+def finalize(path: str) -> GalleryIndex:
+    """Merge the parts of an index folder into one, and write its faiss structure (after every shard ends)."""
+    index = GalleryIndex.load(path)
+    index.save(path, compact=True, search_file=True)
+    return index

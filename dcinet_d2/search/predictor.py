@@ -1,0 +1,136 @@
+"""PersonSearchPredictor: Detectron2's DefaultPredictor for I-Net / DC-I-Net, plus query-box embedding.
+
+    predictor = PersonSearchPredictor(cfg)          # cfg.MODEL.WEIGHTS: a trained checkpoint
+    people = predictor(bgr_image)                   # Instances: pred_boxes, scores, reid_embeddings
+    query = predictor.embed(bgr_image, [[x1, y1, x2, y2]])   # Tensor[1, D], L2-normalised
+    similarity = people.reid_embeddings @ query[0]
+
+Images follow DefaultPredictor's conventions: uint8 [H, W, 3] in BGR order (as ``cv2.imread`` gives; it is
+flipped when ``cfg.INPUT.FORMAT`` is RGB), resized as at test time. Boxes are XYXY in original pixels.
+"""
+import logging
+import math
+import os
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PersonSearchPredictor", "check_image", "check_boxes", "load_weights"]
+
+
+def check_image(image, what="image") -> np.ndarray:
+    """``image`` if it is a uint8 [H, W, 3] array; ValueError saying what was expected otherwise."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{what}: expected a numpy uint8 array [H, W, 3] in BGR order, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        hint = " (a float image in [0, 1]? multiply by 255 and convert to uint8)" if image.dtype.kind == "f" else ""
+        raise ValueError(f"{what}: expected a uint8 array [H, W, 3] in BGR order, got dtype {image.dtype}{hint}")
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{what}: expected a uint8 array [H, W, 3] in BGR order, got shape {image.shape}")
+    return image
+
+
+def check_boxes(boxes, height, width, what="box") -> np.ndarray:
+    """Query boxes as float32 [k, 4], clipped to the image; ValueError for a box that is not finite,
+    inverted, of zero area, or has no part inside the ``width`` x ``height`` image."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{what}: expected boxes [k, 4] as x1, y1, x2, y2, got shape {boxes.shape}")
+    for b in boxes:
+        text = ",".join(f"{v:g}" for v in b)
+        if not np.isfinite(b).all():
+            raise ValueError(f"{what} {text}: not a finite number")
+        if b[2] <= b[0] or b[3] <= b[1]:
+            raise ValueError(f"{what} {text}: expected x1 < x2 and y1 < y2 (XYXY in pixels)")
+        if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
+            raise ValueError(f"{what} {text}: lies outside the {width}x{height} image")
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
+    return clipped.astype(np.float32)
+
+
+def load_weights(model, path):
+    """Load a trained checkpoint into ``model`` (Detectron2's checkpointer), refusing weights that leave any
+    re-id parameter at its random initial value (a checkpoint of another architecture or config would
+    otherwise give real-looking but meaningless embeddings)."""
+    if not path:
+        raise ValueError("no weights given (MODEL.WEIGHTS / --weights): a trained checkpoint is needed")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: weights file not found")
+    checkpointer = DetectionCheckpointer(model)
+    try:
+        checkpoint = checkpointer._load_file(path)
+    except Exception as e:  # noqa: BLE001 - torch and pickle raise many types for a corrupt file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
+    incompatible = checkpointer._load_model(checkpoint)
+    missing = [k for k in incompatible.missing_keys if "reid" in k or k.startswith("roi_heads")]
+    if missing:
+        raise ValueError(f"{path}: holds no weights for {len(missing)} parameters of this model's heads (e.g. "
+                         f"{missing[0]}): a checkpoint of another architecture or config?")
+
+
+class PersonSearchPredictor(DefaultPredictor):
+    """DefaultPredictor of a PersonSearchRCNN model, returning Instances with ``reid_embeddings``."""
+
+    def __init__(self, cfg):
+        # DefaultPredictor.__init__ loads weights without checking them; do the same steps, checked.
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        load_weights(self.model, cfg.MODEL.WEIGHTS)
+        from detectron2.data import transforms as T
+
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT {self.input_format!r}: expected RGB or BGR")
+
+    def _input(self, image, what="image", boxes=None):
+        image = check_image(image, what)
+        height, width = image.shape[:2]
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        resized = self.aug.get_transform(image).apply_image(image)
+        inp = {"image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32")),
+               "height": height, "width": width}
+        if boxes is not None:
+            inp["boxes"] = torch.from_numpy(check_boxes(boxes, height, width))
+        return inp
+
+    @torch.no_grad()
+    def __call__(self, original_image) -> Instances:
+        """Detections of one BGR uint8 image: Instances (on the CPU) with ``pred_boxes`` (XYXY, original
+        pixels), ``scores``, ``pred_classes`` and ``reid_embeddings`` [N, D] (L2-normalised)."""
+        return self.predict_batch([original_image])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> List[Instances]:
+        """:meth:`__call__` of several images in one forward pass (a gallery's batch)."""
+        inputs = [self._input(im, f"image {i}") for i, im in enumerate(images)]
+        return [out["instances"].to("cpu") for out in self.model(inputs)]
+
+    @torch.no_grad()
+    def embed(self, image, boxes) -> torch.Tensor:
+        """L2-normalised embeddings [k, D] (CPU) of the given boxes ([k, 4] or [4], XYXY in original pixels,
+        clipped to the image) of one BGR uint8 image. ValueError for a box outside the image, inverted, of
+        zero area or not finite."""
+        out = self.model([self._input(image, "query image", boxes)])[0]["instances"]
+        return out.reid_embeddings.to("cpu")
+
+
+def finite_threshold(value, name="--det-thresh"):
+    """``value`` if it is a score threshold in [0, 1]; ValueError naming it otherwise."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} {value}: expected a detection score threshold in [0, 1]")
+    return float(value)

@@ -1,0 +1,161 @@
+"""Where gallery images come from: a folder, a video, a registered Detectron2 dataset.
+
+Every source yields :class:`GalleryItem` s in a fixed order. An item's ``key`` = (path relative to the gallery
+root, video frame number or -1) names it in the index, so a second build can skip what is already there. An
+item's image is read only when ``load()`` is called, and a file that cannot be read raises
+:class:`UnreadableImage` with the reason (the indexer logs it and skips the item).
+"""
+import dataclasses
+import logging
+import os
+from typing import Callable, Iterator, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_EXTENSIONS", "GalleryItem", "UnreadableImage", "read_image_bgr", "folder_items",
+           "video_items", "dataset_items"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class UnreadableImage(Exception):
+    """An image file (or video frame) that cannot be decoded; ``str()`` says which and why, ``reason`` why."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclasses.dataclass
+class GalleryItem:
+    image: str  # path relative to the gallery root ("/"-separated)
+    frame: int  # video frame number, -1 for a still image
+    load: Callable[[], np.ndarray]  # -> BGR uint8 [H, W, 3]
+
+    @property
+    def key(self) -> Tuple[str, int]:
+        return (self.image, self.frame)
+
+
+def to_bgr_uint8(array: np.ndarray, mode: str = "RGB") -> np.ndarray:
+    """An 8-bit BGR [H, W, 3] copy of a decoded image array.
+
+    Args:
+        array: [H, W] (grey, 8 or 16 bit), [H, W, 3] (``mode`` order) or [H, W, 4] (alpha dropped).
+        mode: channel order of a 3 or 4 channel ``array``, "RGB" (PIL) or "BGR" (OpenCV).
+    """
+    if array.dtype == np.uint16 or array.dtype == np.int32 or array.dtype == np.uint32:
+        # 16-bit images hold 0..65535 (PIL's "I" mode too); keep the top 8 bits, as a viewer shows them.
+        array = (np.clip(array, 0, 65535) // 257).astype(np.uint8)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        raise ValueError(f"unsupported pixel type {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"unsupported image shape {array.shape}")
+    array = array[:, :, :3]
+    return np.ascontiguousarray(array[:, :, ::-1] if mode == "RGB" else array)
+
+
+def read_image_bgr(path: str) -> np.ndarray:
+    """Decode an image file as BGR uint8 [H, W, 3], EXIF orientation applied (as Detectron2's read_image).
+
+    Grey, RGBA, palette and 16-bit images are converted; anything else raises :class:`UnreadableImage`.
+    """
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(img)
+            else:
+                array = np.asarray(img.convert("RGBA" if "A" in img.getbands() else "RGB"))
+        return to_bgr_uint8(array, "RGB")
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(path, f"too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, broken files
+        if isinstance(e, FileNotFoundError):
+            raise UnreadableImage(path, "no such file") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableImage(path, f"not a readable image ({reason})") from None
+
+
+def _relative(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def folder_items(root: str) -> Iterator[GalleryItem]:
+    """Every image under ``root`` (recursive; extensions in IMAGE_EXTENSIONS, any case), sorted by path.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder. ValueError: it holds no image file.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: not a folder")
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        paths += [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
+    for path in sorted(paths):
+        yield GalleryItem(_relative(path, root), -1, lambda path=path: read_image_bgr(path))
+
+
+def video_items(path: str, every: int = 1, fps: Optional[float] = None, done=frozenset()) -> Iterator[GalleryItem]:
+    """Frames of a video (OpenCV): one every ``every`` frames, or about ``fps`` frames a second; frames whose
+    key is in ``done`` (already indexed) are grabbed but neither decoded nor yielded.
+
+    The items must be consumed in order (each ``load`` decodes its frame from the running capture); the
+    frames between are grabbed, not decoded. Raises FileNotFoundError / ValueError for a video that does not
+    exist or cannot be opened.
+    """
+    import cv2
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open this file as a video")
+    if fps is not None:
+        rate = capture.get(cv2.CAP_PROP_FPS)
+        if not rate or rate <= 0:
+            raise ValueError(f"{path}: the video does not state its frame rate; use --every N instead of --fps")
+        every = max(1, int(round(rate / fps)))
+    if every < 1:
+        raise ValueError(f"one frame every {every} frames: expected a positive number")
+    name = os.path.basename(path)
+    try:
+        frame = 0
+        while capture.grab():
+            if frame % every == 0 and (name, frame) not in done:
+                ok, image = capture.retrieve()
+                if not ok or image is None:
+                    def fail(frame=frame):
+                        raise UnreadableImage(f"{path}#{frame}", "frame cannot be decoded")
+                    yield GalleryItem(name, frame, fail)
+                else:
+                    yield GalleryItem(name, frame, lambda image=image: to_bgr_uint8(image, "BGR"))
+            frame += 1
+    finally:
+        capture.release()
+
+
+def dataset_items(name: str) -> Tuple[str, Iterator[GalleryItem]]:
+    """(gallery root, items) of a registered Detectron2 dataset: its distinct image files, in its order.
+
+    The root is the deepest folder holding every image, so an item's path is relative to it.
+    """
+    from detectron2.data import DatasetCatalog
+
+    if name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {name!r} is not registered (registered: {', '.join(sorted(DatasetCatalog.list()))})")
+    files = list(dict.fromkeys(os.path.abspath(d["file_name"]) for d in DatasetCatalog.get(name)))
+    if not files:
+        raise ValueError(f"dataset {name!r} has no images")
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    return root, (GalleryItem(_relative(f, root), -1, lambda f=f: read_image_bgr(f)) for f in files)

@@ -1,0 +1,40 @@
+"""A randomly initialised tiny model saved as training leaves it, and a small gallery of scene images."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from dcinet_d2.testing import save_tiny_model
+
+    return save_tiny_model(str(tmp_path_factory.mktemp("tiny_model")))
+
+
+def scene(seed, h=120, w=160):
+    """A BGR uint8 scene: textured background and a few person-sized blocks."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (9, 9), 0)
+    for _ in range(3):
+        x, y = int(rng.integers(0, w - 30)), int(rng.integers(0, h - 60))
+        img[y:y + 60, x:x + 25] = rng.integers(0, 256, 3)
+    return img
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory):
+    """8 good images (among them grey, RGBA and 16-bit ones, a sub-folder with a space) and 3 broken files."""
+    root = tmp_path_factory.mktemp("gallery")
+    os.makedirs(root / "cam 2")
+    for i in range(5):
+        cv2.imwrite(str(root / (f"s{i}.jpg" if i < 3 else f"cam 2/s{i}.PNG")), scene(i))
+    cv2.imwrite(str(root / "grey.png"), cv2.cvtColor(scene(5), cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "rgba.png"), cv2.cvtColor(scene(6), cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(root / "deep.png"), scene(7).astype(np.uint16) * 257)
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    good = (root / "s0.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    return root
