@@ -80,6 +80,9 @@ def _parser():
     q.add_argument("--top-k", type=int, default=10, help="number of hits")
     q.add_argument("--det-thresh", type=float, default=None, help="only gallery detections with this score or more")
     q.add_argument("--one-per-image", action="store_true", help="at most one hit per gallery image (frame)")
+    q.add_argument("--exclude-image", action="append", default=[],
+                   help="leave out hits in this gallery image (path relative to the gallery root), e.g. the "
+                        "query's own; repeatable")
     exact = q.add_mutually_exclusive_group()
     exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
     exact.add_argument("--approximate", action="store_true", help="approximate search (faiss IVF)")
@@ -122,13 +125,14 @@ def _cfg(config_file, weights, device, opts=(), det_thresh=None):
 
 
 def _items(args):
-    from .sources import dataset_items, folder_items, video_items
+    from .sources import dataset_items, folder_items, open_video
 
     if args.images:
         return os.path.abspath(args.images), list(folder_items(args.images))
     if args.dataset:
         root, items = dataset_items(args.dataset)
         return root, list(items)
+    open_video(args.video).release()  # fail before anything is written
     return os.path.dirname(os.path.abspath(args.video)), None  # frames are read as they are indexed
 
 
@@ -274,7 +278,7 @@ def _cmd_query(args):
     index = GalleryIndex.load(args.index)
     approximate = True if args.approximate else (False if args.exact else None)
     hits = index.search(query, args.top_k, det_thresh=args.det_thresh, one_per_image=args.one_per_image,
-                        approximate=approximate)[0]
+                        approximate=approximate, exclude_images=args.exclude_image)[0]
     if args.json:
         print(json.dumps({"query": {"image": args.image, "box": args.box}, "hits": [h.to_dict() for h in hits]}))
     else:

@@ -146,7 +146,7 @@ class GalleryIndex:
         return self._search
 
     def search(self, queries, top_k: int = 10, det_thresh: Optional[float] = None, one_per_image: bool = False,
-               approximate: Optional[bool] = None) -> List[List[Hit]]:
+               approximate: Optional[bool] = None, exclude_images: Sequence[str] = ()) -> List[List[Hit]]:
         """The ``top_k`` rows most similar to each query, in decreasing similarity.
 
         Args:
@@ -154,6 +154,8 @@ class GalleryIndex:
             det_thresh: only rows with a detection score >= this (default: all rows of the index).
             one_per_image: keep only the most similar row of each image (and frame).
             approximate: None = IVF at and above APPROX_MIN_BOXES rows, exact flat search below; or forced.
+            exclude_images: gallery image paths (relative to the root) whose rows are left out, e.g. the
+                query's own image.
         Returns:
             one list of :class:`Hit` per query (shorter than ``top_k`` when fewer rows qualify).
         """
@@ -163,6 +165,9 @@ class GalleryIndex:
         if not np.isfinite(queries).all():
             raise ValueError("query embeddings hold NaN or infinite values")
         keep = np.ones(self.num_boxes, bool) if det_thresh is None else self.scores >= det_thresh
+        if len(exclude_images):
+            excluded = np.array([image in set(exclude_images) for image, _ in self.images] + [False])
+            keep &= ~excluded[self.entry_image]
         wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
         if wanted == 0:
             return [[] for _ in queries]
@@ -281,7 +286,7 @@ def build_faiss(embeddings: np.ndarray, kind: str):
         nlist = int(min(4 * np.sqrt(n), n // 39))
         structure = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        sample = embeddings[rng.choice(n, min(n, nlist * 64), replace=False)]
+        sample = embeddings[rng.choice(n, min(n, nlist * 40), replace=False)]
         structure.train(np.ascontiguousarray(sample))
         structure.nprobe = min(IVF_NPROBE, nlist)
     structure.add(np.ascontiguousarray(embeddings))

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "GalleryItem", "UnreadableImage", "read_image_bgr", "folder_items",
-           "video_items", "dataset_items"]
+           "video_items", "open_video", "dataset_items"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -116,11 +116,7 @@ def video_items(path: str, every: int = 1, fps: Optional[float] = None, done=fro
     """
     import cv2
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such video file")
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        raise ValueError(f"{path}: OpenCV cannot open this file as a video")
+    capture = open_video(path)
     if fps is not None:
         rate = capture.get(cv2.CAP_PROP_FPS)
         if not rate or rate <= 0:
@@ -143,6 +139,18 @@ def video_items(path: str, every: int = 1, fps: Optional[float] = None, done=fro
             frame += 1
     finally:
         capture.release()
+
+
+def open_video(path: str):
+    """An opened ``cv2.VideoCapture``; FileNotFoundError / ValueError naming the file otherwise."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open this file as a video")
+    return capture
 
 
 def dataset_items(name: str) -> Tuple[str, Iterator[GalleryItem]]:

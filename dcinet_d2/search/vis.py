@@ -18,7 +18,7 @@ COLUMNS = 6
 def _panel(image_bgr: np.ndarray, box: Optional[Sequence[float]], label: str, color) -> np.ndarray:
     """RGB panel of one image with ``box`` drawn and ``label`` written above it (Detectron2's Visualizer)."""
     vis = Visualizer(image_bgr[:, :, ::-1], scale=PANEL_HEIGHT / image_bgr.shape[0])
-    font = max(10, image_bgr.shape[0] // 18)
+    font = max(8, min(image_bgr.shape[0] // 18, image_bgr.shape[1] // 5))
     if box is not None:
         vis.draw_box(box, edge_color=color, line_style="-")
     anchor = (box[0], max(0, box[1] - font * 1.4)) if box is not None else (2, 2)

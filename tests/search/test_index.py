@@ -154,3 +154,12 @@ def test_ivf_recall_on_clustered_embeddings():
     approx = build_faiss(data, "ivf").search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.95
+
+
+def test_excluded_images_never_hit():
+    index = _filled()
+    q = index.embeddings[0]
+    first = index.search(q, top_k=3)[0][0].image
+    hits = index.search(q, top_k=50, exclude_images=[first])[0]
+    assert hits and all(h.image != first for h in hits)
+    assert len(hits) == min(50, int(sum(index.images[i][0] != first for i in index.entry_image)))

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Gallery search and indexing speed on this machine (CPU).
+
+    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--nprobe 8 16 32 64]
+    python scripts/benchmark_search.py indexing --config-file output/demo/config.yaml \
+        --weights output/demo/model_final.pth --dataset synth_cuhk_sysu_gallery [--batch-sizes 1 2 4 8]
+
+latency: embeddings drawn like real ones (identities with 10 noisy views each, unit length; two views of one
+identity have cosine about 0.6, of two identities about 0), 1000 queries that are new views. For exact
+(faiss flat) and approximate (IVF, the index's choice above APPROX_MIN_BOXES) search: build time, memory per
+box, latency per single query through GalleryIndex.search (p50, p95; filters and Hit objects included),
+batched time per query, and recall@10 of the approximate search against exact search.
+
+indexing: images per second of a trained model over a registered gallery (reading, detection, embedding).
+Prints Markdown tables for BENCHMARKS.md.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def clustered(n, dim, rng, views=10, noise=0.05):
+    """[n, dim] float32 unit vectors: n // views identities, each a random direction plus Gaussian noise."""
+    centres = rng.standard_normal((max(1, n // views), dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.repeat(centres, views, axis=0)[:n]
+    x += noise * rng.standard_normal(x.shape, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, centres
+
+
+def _index_with(embeddings):
+    from dcinet_d2.search.index import GalleryIndex
+
+    n = len(embeddings)
+    index = GalleryIndex(embeddings.shape[1], gallery_root="/bench")
+    per_image = 10
+    for start in range(0, n, per_image):
+        k = min(per_image, n - start)
+        index._append((f"img{start // per_image:07d}.jpg", -1), np.zeros((k, 4), np.float32),
+                      np.ones(k, np.float32), embeddings[start:start + k])
+    index.embeddings  # join the chunks before timing
+    return index
+
+
+def _latency(index, queries, approximate, repeats=200):
+    times = []
+    for q in queries[:repeats]:
+        t = time.perf_counter()
+        index.search(q, top_k=10, approximate=approximate)
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    index.search(queries, top_k=10, approximate=approximate)
+    batched = (time.perf_counter() - t) / len(queries)
+    return np.percentile(times, 50) * 1e3, np.percentile(times, 95) * 1e3, batched * 1e3
+
+
+def _structure_bytes(structure):
+    import faiss
+
+    return len(faiss.serialize_index(structure))
+
+
+def latency(args):
+    import faiss
+
+    from dcinet_d2.search import index as index_module
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.sizes:
+        data, centres = clustered(n, args.dim, rng)
+        ids = rng.integers(0, len(centres), args.queries)
+        queries = centres[ids] + 0.05 * rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        index = _index_with(data)
+        t = time.perf_counter()
+        index._structure(False)
+        build = time.perf_counter() - t
+        exact_ids = index._search.search(queries, 10)[1]
+        p50, p95, batched = _latency(index, queries, False)
+        rows.append([f"{n:,}", "exact (flat)", f"{build:.2f}", f"{_structure_bytes(index._search) / n:.0f}",
+                     f"{p50:.2f}", f"{p95:.2f}", f"{batched:.3f}", "1.000"])
+        print(rows[-1], file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        index._structure(True)
+        build = time.perf_counter() - t
+        ivf = index._search
+        for nprobe in args.nprobe:
+            if hasattr(ivf, "nprobe"):
+                ivf.nprobe = nprobe
+            approx_ids = ivf.search(queries, 10)[1]
+            recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_ids, exact_ids)])
+            p50, p95, batched = _latency(index, queries, True)
+            kind = f"IVF{getattr(ivf, 'nlist', '')}, nprobe {nprobe}" if hasattr(ivf, "nprobe") else "flat"
+            rows.append([f"{n:,}", kind, f"{build:.2f}", f"{_structure_bytes(ivf) / n:.0f}", f"{p50:.2f}",
+                         f"{p95:.2f}", f"{batched:.3f}", f"{recall:.3f}"])
+            print(rows[-1], file=sys.stderr, flush=True)
+        del index, data
+    print(f"threads: {faiss.omp_get_max_threads()}; default IVF nprobe {index_module.IVF_NPROBE}, "
+          f"approximate from {index_module.APPROX_MIN_BOXES:,} boxes\n")
+    print("| boxes | search | build (s) | bytes per box | single query p50 (ms) | p95 (ms) | batched, per query (ms) "
+          "| recall@10 vs exact |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def indexing(args):
+    from detectron2.config import get_cfg
+
+    import dcinet_d2  # noqa: F401
+    from dcinet_d2 import add_dcinet_config
+    from dcinet_d2.search import PersonSearchPredictor
+    from dcinet_d2.search.sources import dataset_items
+
+    cfg = get_cfg()
+    add_dcinet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.DEVICE = "cpu"
+    predictor = PersonSearchPredictor(cfg)
+    _, items = dataset_items(args.dataset)
+    items = list(items)[:args.images]
+    print("| batch size | images/s | images |\n|---|---|---|")
+    for batch in args.batch_sizes:
+        predictor.predict_batch([items[0].load()] * batch)  # warm-up
+        t = time.perf_counter()
+        for start in range(0, len(items), batch):
+            predictor.predict_batch([item.load() for item in items[start:start + batch]])
+        print(f"| {batch} | {len(items) / (time.perf_counter() - t):.2f} | {len(items)} |", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("latency")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    i = sub.add_parser("indexing")
+    i.add_argument("--config-file", required=True)
+    i.add_argument("--weights", required=True)
+    i.add_argument("--dataset", default="synth_cuhk_sysu_gallery")
+    i.add_argument("--images", type=int, default=120)
+    i.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    args = parser.parse_args(argv)
+    latency(args) if args.what == "latency" else indexing(args)
+    print(f"\nCommand: .venv/bin/python scripts/benchmark_search.py {' '.join(argv or sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()
