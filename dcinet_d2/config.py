@@ -4,6 +4,7 @@ Every default the paper leaves open is a key here, with the value METHOD.md sugg
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.mobilenet import add_mobilenet_config
 from .modeling.vgg import add_vgg_config
 
 
@@ -12,6 +13,8 @@ def add_dcinet_config(cfg):
     in place."""
     # MODEL.VGG: the VGG16 backbone of the paper's VGG16 rows (keys described in modeling/vgg.py).
     add_vgg_config(cfg)
+    # MODEL.MOBILENET: the ImageNet-pretrained MobileNetV2 of the CPU configs (keys in modeling/mobilenet.py).
+    add_mobilenet_config(cfg)
     cfg.MODEL.REID = CN()
     # Dimension D of the L2-normalised re-id embedding (paper: unspecified; METHOD.md suggests 256).
     cfg.MODEL.REID.EMBED_DIM = 256
@@ -25,7 +28,8 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.POOLER_RESOLUTION = 14
     cfg.MODEL.REID.POOLER_SAMPLING_RATIO = 0
     cfg.MODEL.REID.POOLER_TYPE = "ROIAlignV2"
-    # Re-id head of DC-I-Net: "Res5" (its own res5 stage + pooling + embedding) or "Conv" (small conv stack).
+    # Re-id head of DC-I-Net: "Res5" (its own res5 stage + pooling + embedding), "MobileNetV2" (its own copy of
+    # MobileNetV2's stride-32 blocks) or "Conv" (small conv stack).
     cfg.MODEL.REID.HEAD = "Res5"
     # "Conv" head only: number of 3x3 convolutions and their channels.
     cfg.MODEL.REID.CONV_LAYERS = 2

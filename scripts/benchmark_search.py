@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Gallery search and indexing speed on this machine (CPU).
 
-    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--nprobe 8 16 32 64]
+    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--ef-search 32 64 128]
     python scripts/benchmark_search.py indexing --config-file output/demo/config.yaml \
         --weights output/demo/model_final.pth --dataset synth_cuhk_sysu_gallery [--batch-sizes 1 2 4 8]
 
 latency: embeddings drawn like real ones (identities with 10 noisy views each, unit length; two views of one
 identity have cosine about 0.6, of two identities about 0), 1000 queries that are new views. For exact
-(faiss flat) and approximate (IVF, the index's choice above APPROX_MIN_BOXES) search: build time, memory per
+(faiss flat) and approximate (HNSW, the index's choice from APPROX_MIN_BOXES) search: build time, memory per
 box, latency per single query through GalleryIndex.search (p50, p95; filters and Hit objects included),
 batched time per query, and recall@10 of the approximate search against exact search.
 
@@ -87,20 +87,20 @@ def latency(args):
         t = time.perf_counter()
         index._structure(True)
         build = time.perf_counter() - t
-        ivf = index._search
-        for nprobe in args.nprobe:
-            if hasattr(ivf, "nprobe"):
-                ivf.nprobe = nprobe
-            approx_ids = ivf.search(queries, 10)[1]
+        hnsw = index._search
+        for ef in args.ef_search:
+            hnsw.hnsw.efSearch = ef
+            approx_ids = hnsw.search(queries, 10)[1]
             recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_ids, exact_ids)])
             p50, p95, batched = _latency(index, queries, True)
-            kind = f"IVF{getattr(ivf, 'nlist', '')}, nprobe {nprobe}" if hasattr(ivf, "nprobe") else "flat"
-            rows.append([f"{n:,}", kind, f"{build:.2f}", f"{_structure_bytes(ivf) / n:.0f}", f"{p50:.2f}",
-                         f"{p95:.2f}", f"{batched:.3f}", f"{recall:.3f}"])
+            rows.append([f"{n:,}", f"HNSW{index_module.HNSW_M}, efSearch {ef}", f"{build:.2f}",
+                         f"{_structure_bytes(hnsw) / n:.0f}", f"{p50:.2f}", f"{p95:.2f}", f"{batched:.3f}",
+                         f"{recall:.3f}"])
             print(rows[-1], file=sys.stderr, flush=True)
         del index, data
-    print(f"threads: {faiss.omp_get_max_threads()}; default IVF nprobe {index_module.IVF_NPROBE}, "
-          f"approximate from {index_module.APPROX_MIN_BOXES:,} boxes\n")
+    print(f"threads: {faiss.omp_get_max_threads()}; HNSW M {index_module.HNSW_M}, efConstruction "
+          f"{index_module.HNSW_EF_CONSTRUCTION}, default efSearch {index_module.HNSW_EF_SEARCH}; approximate from "
+          f"{index_module.APPROX_MIN_BOXES:,} boxes\n")
     print("| boxes | search | build (s) | bytes per box | single query p50 (ms) | p95 (ms) | batched, per query (ms) "
           "| recall@10 vs exact |")
     print("|---|---|---|---|---|---|---|---|")
@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     i = sub.add_parser("indexing")
     i.add_argument("--config-file", required=True)
     i.add_argument("--weights", required=True)

@@ -76,6 +76,7 @@ if ! "$VPY" -m pip install -q -r "$ROOT/requirements.txt" 2> >(grep -v '^WARNING
   die "could not install $ROOT/requirements.txt from the package registry (is PyPI reachable?)"
 fi
 PYTHON="$VPY" bash "$ROOT/scripts/setup/install_detectron2.sh" 2> >(grep -v '^WARNING: Location' >&2)
+PYTHON="$VPY" bash "$ROOT/scripts/setup/install_pretrained.sh" 2> >(grep -v '^WARNING: Location' >&2)
 link_and_install_project
 "$ROOT/.venv/bin/python" -W ignore -c "import dcinet_d2, detectron2, detectron2.export, faiss, pycocotools
 from detectron2 import model_zoo

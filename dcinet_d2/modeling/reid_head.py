@@ -89,7 +89,22 @@ class ConvReIDHead(nn.Module):
         return self.embed(self.convs(x))
 
 
-REID_HEADS = {"Res5": Res5ReIDHead, "Conv": ConvReIDHead}
+class MobileNetV2ReIDHead(nn.Module):
+    """DC-I-Net's re-id head on MobileNetV2: its own copy of the stride-32 blocks (initialised from the box
+    head's pretrained ones by DCINetROIHeads), global average pooling, embedding."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        from .mobilenet import LAST_CHANNELS, MobileNetV2Stage5
+
+        self.reid_stage5 = MobileNetV2Stage5(cfg.MODEL.REID.NORM)
+        self.embed = EmbeddingProjection(LAST_CHANNELS, cfg.MODEL.REID.EMBED_DIM)
+
+    def forward(self, x):
+        return self.embed(self.reid_stage5(x))
+
+
+REID_HEADS = {"Res5": Res5ReIDHead, "Conv": ConvReIDHead, "MobileNetV2": MobileNetV2ReIDHead}
 
 
 def build_reid_head(cfg, input_shape: ShapeSpec) -> nn.Module:

@@ -125,18 +125,25 @@ class DCINetROIHeads(ReIDROIHeads):
         self.detach_backbone = detach_backbone
         self._register_load_state_dict_pre_hook(self._init_reid_res5_from_box_head)
 
+    # (re-id head stage, box head stage) pairs that start from the same pretrained weights.
+    _SHARED_INIT = (("reid_res5", "res5"), ("reid_stage5", "stage5"))
+
     def _init_reid_res5_from_box_head(self, state_dict, prefix, *args):
-        """A checkpoint without re-id head weights (ImageNet) initialises a Res5 re-id head with the
-        box head's res5 weights, so that both heads start from the pretrained stage (METHOD.md: DC-I-Net's
-        re-id head is a separate res5)."""
-        if not hasattr(self.reid_head, "reid_res5") or any(k.startswith(prefix + "reid_head.") for k in state_dict):
+        """A checkpoint without re-id head weights (ImageNet) initialises the re-id head's stage (a ResNet
+        res5 or MobileNetV2's stride-32 blocks) with the box head's, so that both heads start from the
+        pretrained stage (METHOD.md: DC-I-Net's re-id head is a separate res5)."""
+        if any(k.startswith(prefix + "reid_head.") for k in state_dict):
             return
-        src, dst = prefix + "box_head.res5.", prefix + "reid_head.reid_res5."
-        copied = {dst + k[len(src):]: v for k, v in state_dict.items() if k.startswith(src)}
-        own = self.reid_head.reid_res5.state_dict()
-        if copied and all(k[len(dst):] in own and own[k[len(dst):]].shape == v.shape for k, v in copied.items()):
-            state_dict.update(copied)
-            logger.info("re-id head res5 initialised from the box head's res5 (%d tensors)", len(copied))
+        for reid_name, box_name in self._SHARED_INIT:
+            if not hasattr(self.reid_head, reid_name):
+                continue
+            src, dst = prefix + f"box_head.{box_name}.", prefix + f"reid_head.{reid_name}."
+            copied = {dst + k[len(src):]: v for k, v in state_dict.items() if k.startswith(src)}
+            own = getattr(self.reid_head, reid_name).state_dict()
+            if copied and all(k[len(dst):] in own and own[k[len(dst):]].shape == v.shape for k, v in copied.items()):
+                state_dict.update(copied)
+                logger.info("re-id head %s initialised from the box head's %s (%d tensors)", reid_name, box_name,
+                            len(copied))
 
     @classmethod
     def from_config(cls, cfg, input_shape):

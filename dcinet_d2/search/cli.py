@@ -85,7 +85,7 @@ def _parser():
                         "query's own; repeatable")
     exact = q.add_mutually_exclusive_group()
     exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
-    exact.add_argument("--approximate", action="store_true", help="approximate search (faiss IVF)")
+    exact.add_argument("--approximate", action="store_true", help="approximate search (faiss HNSW)")
     q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     q.add_argument("--vis", help="write a PNG: the query crop beside the top-k gallery images with their hits")
     q.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
@@ -315,7 +315,7 @@ def _cmd_info(args):
           f"(sha256 {str(model.get('weights_sha256'))[:16]}..)\n"
           f"  search: {index.search_kind or 'not built yet'}"
           + (" (exact, faiss flat)" if index.search_kind == "flat" else
-             " (approximate, faiss IVF)" if index.search_kind == "ivf" else ""))
+             " (approximate, faiss HNSW)" if index.search_kind == "hnsw" else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            ``frames`` (int64, -1 = still image), ``entry_image`` (int64 row -> image),
                            ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
                            ``embeddings`` (float32 [N, D], L2-normalised)
-    search.faiss           the faiss index over all rows in canonical order (rebuilt when out of date)
+    search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
 
 A part lands whole or not at all (temporary file, then rename), so a build killed at any moment keeps every
 finished part, and the next build skips their images. An image found in two parts (a kill between a
@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex"]
 
 FORMAT_VERSION = 1
-# At and above this many boxes the index searches an IVF structure instead of exact flat search
-# (BENCHMARKS.md "Gallery search": flat search grows linearly, about 30 ms a query at 1M boxes).
-APPROX_MIN_BOXES = 200_000
-# IVF probes: recall@10 >= 0.95 against exact search at 1M clustered boxes (BENCHMARKS.md).
-IVF_NPROBE = 32
+# At and above this many boxes the index searches an HNSW graph instead of exact flat search: flat search
+# reads every embedding per query (13 ms at 100k boxes, 120 ms at 1M on 2 cores), HNSW stays near 1 ms
+# (BENCHMARKS.md "Gallery search"; IVF was measured too and missed recall@10 0.95 on clustered data).
+APPROX_MIN_BOXES = 100_000
+# HNSW: links per node, construction and search breadth (recall@10 >= 0.95 against exact at 1M, BENCHMARKS.md).
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 _NORM_TOLERANCE = 1e-3
 
 
@@ -139,7 +140,7 @@ class GalleryIndex:
     def _structure(self, approximate: Optional[bool]):
         import faiss
 
-        want = ("ivf" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
+        want = ("hnsw" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
                 and self.num_boxes > 0 else "flat")
         if self._search is None or self.search_kind != want:
             self._search, self.search_kind = build_faiss(self.embeddings, want), want
@@ -153,7 +154,7 @@ class GalleryIndex:
             queries: [q, D] or [D] L2-normalised embeddings.
             det_thresh: only rows with a detection score >= this (default: all rows of the index).
             one_per_image: keep only the most similar row of each image (and frame).
-            approximate: None = IVF at and above APPROX_MIN_BOXES rows, exact flat search below; or forced.
+            approximate: None = HNSW at and above APPROX_MIN_BOXES rows, exact flat search below; or forced.
             exclude_images: gallery image paths (relative to the root) whose rows are left out, e.g. the
                 query's own image.
         Returns:
@@ -275,20 +276,19 @@ class GalleryIndex:
 
 
 def build_faiss(embeddings: np.ndarray, kind: str):
-    """A faiss inner-product structure over ``embeddings`` [N, D]: "flat" (exact) or "ivf" (IVF-Flat with
-    about 4 sqrt(N) lists, IVF_NPROBE of them probed)."""
+    """A faiss inner-product structure over ``embeddings`` [N, D]: "flat" (exact) or "hnsw" (HNSW graph,
+    HNSW_M links per node, searched with efSearch = HNSW_EF_SEARCH)."""
     import faiss
 
-    n, dim = embeddings.shape
-    if kind == "flat" or n < 1000:
+    dim = embeddings.shape[1]
+    if kind == "flat":
         structure = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        structure = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        structure.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        structure.hnsw.efSearch = HNSW_EF_SEARCH
     else:
-        nlist = int(min(4 * np.sqrt(n), n // 39))
-        structure = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        sample = embeddings[rng.choice(n, min(n, nlist * 40), replace=False)]
-        structure.train(np.ascontiguousarray(sample))
-        structure.nprobe = min(IVF_NPROBE, nlist)
+        raise ValueError(f"search structure {kind!r}: expected 'flat' or 'hnsw'")
     structure.add(np.ascontiguousarray(embeddings))
     return structure
 

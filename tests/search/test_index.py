@@ -143,17 +143,21 @@ def test_missing_and_corrupt_index_files(tmp_path):
         GalleryIndex.load(str(good))
 
 
-def test_ivf_recall_on_clustered_embeddings():
-    """Identities with noisy views: IVF's top-10 agrees with exact search on at least 95% of the hits."""
+def test_hnsw_recall_on_clustered_embeddings():
+    """Identities with noisy views: HNSW's top-10 agrees with exact search on at least 95% of the hits."""
     rng = np.random.default_rng(0)
     dim, ids, views = 64, 2000, 10
     centres = _unit(rng.normal(size=(ids, dim)))
     data = _unit(np.repeat(centres, views, axis=0) + 0.08 * rng.normal(size=(ids * views, dim)))
     queries = _unit(centres[:200] + 0.08 * rng.normal(size=(200, dim)))
     exact = build_faiss(data, "flat").search(queries, 10)[1]
-    approx = build_faiss(data, "ivf").search(queries, 10)[1]
+    approx = build_faiss(data, "hnsw").search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.95
+    index = GalleryIndex(dim)
+    index._append(("all.jpg", -1), np.zeros((len(data), 4), np.float32), np.ones(len(data), np.float32), data)
+    index.search(queries[0], 10, approximate=True)
+    assert index.search_kind == "hnsw"
 
 
 def test_excluded_images_never_hit():

