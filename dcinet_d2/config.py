@@ -56,6 +56,9 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.OLP.DICT_SIZE = 5120
     # Similarity scale s: logits s*cos (not in the paper's formula, where s = 1; s = 1 learns slowly).
     cfg.MODEL.REID.OLP.SCALE = 10.0
+    # The positive of a pair is a fixed target (no gradient), as in the seed, whose gradient is dL/dx_a only;
+    # both members of a pair still serve as anchor in turn. False: the positive is differentiated too.
+    cfg.MODEL.REID.OLP.DETACH_POSITIVE = True
     # Unlabelled people's features are pushed into the dictionary as negatives (paper: yes).
     cfg.MODEL.REID.OLP.PUSH_UNLABELED = True
 
@@ -65,10 +68,15 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.HEP.WEIGHT = 1.0
     # Priority pool size |P| (paper's ablation: 50, 100, 1000, all; best 100).
     cfg.MODEL.REID.HEP.POOL_SIZE = 100
-    # Hard negative classes per sample in the pool (ranks taken round robin across the batch's samples);
-    # 0 = no limit: hard classes fill the pool, random ones only if they run out (paper: unspecified).
-    cfg.MODEL.REID.HEP.HARD_PER_SAMPLE = 0
-    # Logit scale of the cosine classifier whose rows rank the hard classes (paper: unspecified).
+    # Hard negative classes per sample in the pool (ranks taken round robin across the batch's samples), then
+    # random classes fill it (the seed: "if the pool is not yet filled, pick classes at random"). 5 leaves
+    # the random fill room on CUHK-SYSU / PRW batches (about 2-10 labelled boxes, pool 100); 0 = no limit
+    # (hard classes then fill the whole pool and the random fill never runs).
+    cfg.MODEL.REID.HEP.HARD_PER_SAMPLE = 5
+    # HEP's logits: "linear" = classifier scores W x + b (the seed); "cosine" = SCALE * cos(x, W) (a cosine
+    # classifier, close to C2HEP). Hardness is ranked by the cosine to W's rows either way.
+    cfg.MODEL.REID.HEP.LOGITS = "linear"
+    # Logit scale of the "cosine" logits (paper: unspecified).
     cfg.MODEL.REID.HEP.SCALE = 10.0
 
     # C2HEP loss (class-center guided HEP), DC-I-Net's classification loss.
@@ -78,13 +86,16 @@ def add_dcinet_config(cfg):
     # Priority pool size |P| over class centers (paper: 100).
     cfg.MODEL.REID.C2HEP.POOL_SIZE = 100
     # Hard negative classes per sample in the pool, ranked by cosine to the centers; 0 = no limit (as HEP).
-    cfg.MODEL.REID.C2HEP.HARD_PER_SAMPLE = 0
+    cfg.MODEL.REID.C2HEP.HARD_PER_SAMPLE = 5
     # lambda, the scale of the cosine similarity to centers (paper: unspecified; suggested 30).
     cfg.MODEL.REID.C2HEP.LAMBDA = 30.0
     # phi, the center momentum c <- phi*c + (1-phi)*x (paper: unspecified; suggested 0.5).
     cfg.MODEL.REID.C2HEP.MOMENTUM = 0.5
     # Re-normalise a center to unit length after each update (suggested: yes).
     cfg.MODEL.REID.C2HEP.RENORM = True
+    # Center update: "batch_mean" = one vectorised update per step, each class moved by the mean of its features
+    # in the step (the seed's rule exactly for one feature per class); "sequential" = one feature at a time.
+    cfg.MODEL.REID.C2HEP.UPDATE = "batch_mean"
 
     # OIM baseline (Xiao et al. 2017): labelled lookup table + circular queue of unlabelled features.
     cfg.MODEL.REID.OIM = CN()

@@ -89,19 +89,27 @@ class ClassCenters(nn.Module):
     """C2HEP's class-center dictionary: one center per labelled identity.
 
     Buffers: `centers` [T, D] (zero until initialised) and `initialized` [T] bool.
-    Update rule, applied sequentially, one feature at a time in the order given (so a class seen twice in a
-    batch is updated twice): an uninitialised center takes the first feature seen; otherwise
-    c <- phi * c + (1 - phi) * x; then, if `renorm`, c <- c / ||c||.
+    Update rule ``rule="batch_mean"`` (default; one vectorised update per step, no loop over features and
+    no device sync): each class j seen in the step, with the mean x_j of its features in the step, becomes
+    c_j <- phi * c_j + (1 - phi) * x_j, or x_j when it was never seen; then, if `renorm`, c_j <- c_j / ||c_j||.
+    For one feature per class this is exactly the seed's rule c <- phi * c + (1 - phi) * x; several features of
+    one class in a step move its center once, by their mean. ``rule="sequential"``: the earlier behaviour,
+    one feature at a time in the order given (a class seen twice is updated twice).
     """
 
-    def __init__(self, num_classes: int, dim: int, momentum: float, renorm: bool):
+    RULES = ("batch_mean", "sequential")
+
+    def __init__(self, num_classes: int, dim: int, momentum: float, renorm: bool, rule: str = "batch_mean"):
         super().__init__()
         _check_positive_int(num_classes, "MODEL.REID.NUM_IDENTITIES")
         _check_positive_int(dim, "MODEL.REID.EMBED_DIM")
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"MODEL.REID.C2HEP.MOMENTUM must be in [0, 1], got {momentum!r}")
+        if rule not in self.RULES:
+            raise ValueError(f"MODEL.REID.C2HEP.UPDATE must be one of {self.RULES}, got {rule!r}")
         self.momentum = float(momentum)
         self.renorm = bool(renorm)
+        self.rule = rule
         self.register_buffer("centers", torch.zeros(num_classes, dim))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
@@ -112,7 +120,23 @@ class ClassCenters(nn.Module):
         if labels.numel() and int(labels.max()) >= self.centers.shape[0]:
             raise ValueError(f"ClassCenters.update: labels must lie in 0..{self.centers.shape[0] - 1} (or be -1)")
         features = features.detach().to(self.centers)
-        for x, j in zip(features[labels >= 0], labels[labels >= 0].tolist()):
+        keep = labels >= 0
+        if self.rule == "sequential":
+            return self._update_sequential(features[keep], labels[keep])
+        x, y = features[keep], labels[keep].to(self.centers.device)
+        sums = torch.zeros_like(self.centers).index_add_(0, y, x)
+        counts = torch.zeros(len(self.centers), device=self.centers.device).index_add_(0, y, torch.ones_like(y,
+                                                                                                       dtype=x.dtype))
+        seen = counts > 0
+        mean = sums / counts.clamp(min=1)[:, None]
+        new = torch.where(self.initialized[:, None], self.momentum * self.centers + (1.0 - self.momentum) * mean, mean)
+        if self.renorm:
+            new = F.normalize(new, dim=1)
+        self.centers.copy_(torch.where(seen[:, None], new, self.centers))
+        self.initialized |= seen
+
+    def _update_sequential(self, features, labels):
+        for x, j in zip(features, labels.tolist()):
             if self.initialized[j]:
                 center = self.momentum * self.centers[j] + (1.0 - self.momentum) * x
             else:

@@ -5,8 +5,8 @@ forward(embeddings, pids, image_ids) returns the weighted losses, then updates t
 - OLP: pairs (a, p) of labelled samples of one identity in different images, each direction a row; the
   negatives are the FIFO feature dictionary minus the anchor's own identity. The batch's features (labelled,
   and unlabelled when OLP.PUSH_UNLABELED) are pushed afterwards.
-- HEP: a learnable cosine classifier W [T, D]; logits = HEP.SCALE * cos(x, W); pool by hardness on those
-  cosines.
+- HEP: a learnable classifier W [T, D], b [T]; logits W x + b (the seed; HEP.LOGITS "cosine": HEP.SCALE *
+  cos(x, W)); pool by hardness on the cosines to W's rows.
 - C2HEP: the class centers; pool by hardness on cos(x, centers) among initialised centers (a never-seen
   center is zero and enters the pool only as the label of a sample in the batch); centers updated afterwards.
 - OIM, TRIPLET, CONTRASTIVE: the baselines (losses/*.py).
@@ -112,6 +112,7 @@ class ReIDLoss(nn.Module):
     def _build_olp(self, node) -> None:
         self.olp_scale = _require_number(node.SCALE, "MODEL.REID.OLP.SCALE", 0.0, low_open=True)
         self.olp_push_unlabeled = _require_bool(node.PUSH_UNLABELED, "MODEL.REID.OLP.PUSH_UNLABELED")
+        self.olp_detach_positive = _require_bool(node.DETACH_POSITIVE, "MODEL.REID.OLP.DETACH_POSITIVE")
         size = _require_int(node.DICT_SIZE, "MODEL.REID.OLP.DICT_SIZE", 1)
         self.olp_dictionary = FeatureDictionary(size, self.embed_dim)
 
@@ -119,8 +120,11 @@ class ReIDLoss(nn.Module):
         self.hep_pool_size = _require_int(node.POOL_SIZE, "MODEL.REID.HEP.POOL_SIZE", 1)
         self.hep_hard_per_sample = _require_int(node.HARD_PER_SAMPLE, "MODEL.REID.HEP.HARD_PER_SAMPLE", 0)
         self.hep_scale = _require_number(node.SCALE, "MODEL.REID.HEP.SCALE", 0.0, low_open=True)
-        # Only directions matter (cosine classifier), so the initial scale is irrelevant.
+        if node.LOGITS not in ("linear", "cosine"):
+            raise ValueError(f"MODEL.REID.HEP.LOGITS must be 'linear' or 'cosine', got {node.LOGITS!r}")
+        self.hep_logits = node.LOGITS
         self.hep_weight = nn.Parameter(torch.randn(self.num_identities, self.embed_dim) * 0.01)
+        self.hep_bias = nn.Parameter(torch.zeros(self.num_identities))
 
     def _build_c2hep(self, node) -> None:
         self.c2hep_pool_size = _require_int(node.POOL_SIZE, "MODEL.REID.C2HEP.POOL_SIZE", 1)
@@ -128,7 +132,7 @@ class ReIDLoss(nn.Module):
         self.c2hep_lambda = _require_number(node.LAMBDA, "MODEL.REID.C2HEP.LAMBDA", 0.0, low_open=True)
         momentum = _require_number(node.MOMENTUM, "MODEL.REID.C2HEP.MOMENTUM", 0.0, 1.0)
         renorm = _require_bool(node.RENORM, "MODEL.REID.C2HEP.RENORM")
-        self.c2hep_centers = ClassCenters(self.num_identities, self.embed_dim, momentum, renorm)
+        self.c2hep_centers = ClassCenters(self.num_identities, self.embed_dim, momentum, renorm, node.UPDATE)
 
     def _build_oim(self, node) -> None:
         self.oim_scale = _require_number(node.SCALE, "MODEL.REID.OIM.SCALE", 0.0, low_open=True)
@@ -189,19 +193,24 @@ class ReIDLoss(nn.Module):
         if anchors.numel() == 0:
             return embeddings.sum() * 0.0
         negatives, mask = self.olp_dictionary.negatives_for(pids[anchors])
-        return olp_loss(embeddings[anchors], embeddings[positives], negatives.to(embeddings), self.olp_scale, mask)
+        # The seed's gradient is dL/dx_a only: the positive is a target, as the dictionary entries are.
+        # Each member of a pair is still an anchor in its own row.
+        positive = embeddings[positives].detach() if self.olp_detach_positive else embeddings[positives]
+        return olp_loss(embeddings[anchors], positive, negatives.to(embeddings), self.olp_scale, mask)
 
     def _loss_hep(self, embeddings, pids, image_ids):
         labelled = pids >= 0
         if not bool(labelled.any()):
-            return (embeddings.sum() + self.hep_weight.sum()) * 0.0
+            return (embeddings.sum() + self.hep_weight.sum() + self.hep_bias.sum()) * 0.0
         x, y = embeddings[labelled], pids[labelled]
         cos = F.normalize(x, dim=1) @ F.normalize(self.hep_weight, dim=1).t()
         pool = select_priority_pool(
             y, cos.detach(), self.hep_pool_size, hard_per_sample=self.hep_hard_per_sample or None,
             config_key="MODEL.REID.HEP.POOL_SIZE",
         )
-        return hep_loss(self.hep_scale * cos, y, pool)
+        # The seed: classifier scores s_t = w_t . x + b_t; "cosine": the scaled cosine classifier (C2HEP-like).
+        logits = x @ self.hep_weight.t() + self.hep_bias if self.hep_logits == "linear" else self.hep_scale * cos
+        return hep_loss(logits, y, pool)
 
     def _loss_c2hep(self, embeddings, pids, image_ids):
         labelled = pids >= 0

@@ -83,7 +83,9 @@ def test_names_are_registered_and_features_exist(path):
     assert cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY
     assert cfg.MODEL.ROI_BOX_HEAD.NAME in ROI_BOX_HEAD_REGISTRY
     vgg = cfg.MODEL.BACKBONE.NAME == "build_vgg16_backbone"
-    outputs = set(cfg.MODEL.VGG.OUT_FEATURES if vgg else cfg.MODEL.RESNETS.OUT_FEATURES)
+    mobilenet = cfg.MODEL.BACKBONE.NAME == "build_mobilenetv2_backbone"
+    outputs = set(cfg.MODEL.VGG.OUT_FEATURES if vgg else cfg.MODEL.MOBILENET.OUT_FEATURES if mobilenet
+                  else cfg.MODEL.RESNETS.OUT_FEATURES)
     for key in ("RPN", "ROI_HEADS", "REID"):
         assert set(cfg.MODEL[key].IN_FEATURES) <= outputs, f"MODEL.{key}.IN_FEATURES of {_rel(path)}"
     # ImageNet VGG16 (torchvision) takes RGB normalised by ImageNet std; MSRA R-50 takes BGR, std 1.
@@ -141,7 +143,21 @@ def test_main_rows(row):
         assert cfg.MODEL.ROI_BOX_HEAD.NAME == "Res5BoxHead"
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "cpu").glob("*_synth*.yaml")), ids=_rel)
+@pytest.mark.parametrize("path", sorted((CONFIGS / "cpu").glob("*_mnv2_synth*.yaml")), ids=_rel)
+def test_cpu_pretrained_configs_follow_the_papers_regime(path):
+    cfg = load(path)
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.WEIGHTS == "dcinet://ImageNetPretrained/MobileNetV2"
+    assert cfg.MODEL.MOBILENET.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT >= 1
+    assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]
+    assert cfg.MODEL.REID.DETACH_BACKBONE is False  # re-id trains through the backbone, as in the paper
+    assert (cfg.MODEL.REID.OLP.WEIGHT, cfg.MODEL.REID.C2HEP.WEIGHT, cfg.MODEL.REID.HEP.WEIGHT) == (1.0, 1.0, 1.0)
+    assert cfg.MODEL.ROI_BOX_HEAD.NAME == "MobileNetV2BoxHead"
+    if cfg.MODEL.ROI_HEADS.NAME == "DCINetROIHeads":
+        assert cfg.MODEL.REID.HEAD == "MobileNetV2" and cfg.MODEL.REID.LOSSES == ["OLP", "C2HEP"]
+    assert cfg.SOLVER.MAX_ITER <= 1000 and cfg.INPUT.MAX_SIZE_TRAIN <= 400
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "cpu").glob("*_r18_synth*.yaml")), ids=_rel)
 def test_cpu_configs_train_from_scratch_small(path):
     cfg = load(path)
     assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.WEIGHTS == ""

@@ -42,8 +42,8 @@ def test_feature_dictionary_rejects_bad_input():
         d.push(torch.zeros(1, 2), torch.tensor([-2]))
 
 
-def test_class_center_update_by_hand():
-    c = ClassCenters(3, 2, momentum=0.5, renorm=False)
+def test_class_center_sequential_update_by_hand():
+    c = ClassCenters(3, 2, momentum=0.5, renorm=False, rule="sequential")
     c.update(torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]]), torch.tensor([0, 0, -1]))
     # first-seen initialisation, then 0.5 * (1, 0) + 0.5 * (0, 1); the unlabelled feature is skipped
     assert c.centers.tolist() == [[0.5, 0.5], [0.0, 0.0], [0.0, 0.0]]
@@ -52,8 +52,8 @@ def test_class_center_update_by_hand():
     assert c.centers[2].tolist() == [0.0, 2.0]  # no renorm: the first feature as given
 
 
-def test_class_center_update_with_renorm():
-    c = ClassCenters(1, 2, momentum=0.5, renorm=True)
+def test_class_center_sequential_update_with_renorm():
+    c = ClassCenters(1, 2, momentum=0.5, renorm=True, rule="sequential")
     c.update(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 0, 0]))
     s = 1 / math.sqrt(2)
     x, y = 0.5 * s + 0.5, 0.5 * s
@@ -61,6 +61,30 @@ def test_class_center_update_with_renorm():
     torch.testing.assert_close(c.centers[0], torch.tensor([x / norm, y / norm]))
     with pytest.raises(ValueError, match="0..0"):
         c.update(torch.zeros(1, 2), torch.tensor([1]))
+
+
+def test_class_center_batch_mean_update_by_hand():
+    """Default rule: one update per class per step, by the mean of the class's features in the step."""
+    c = ClassCenters(3, 2, momentum=0.5, renorm=False)
+    c.update(torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]]), torch.tensor([0, 0, -1]))
+    assert c.centers.tolist() == [[0.5, 0.5], [0.0, 0.0], [0.0, 0.0]]  # first seen: the mean itself
+    c.update(torch.tensor([[1.0, 1.0], [3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0, 2]))
+    # 0.5 * (0.5, 0.5) + 0.5 * mean((1, 1), (3, 1)) = (1.25, 0.75); the sequential rule gives (2.125, 0.875)
+    assert c.centers.tolist() == [[1.25, 0.75], [0.0, 0.0], [0.0, 2.0]]
+    assert c.initialized.tolist() == [True, False, True]
+
+
+def test_class_center_batch_mean_equals_sequential_for_one_feature_per_class():
+    g = torch.Generator().manual_seed(0)
+    a, b = ClassCenters(50, 8, 0.5, True), ClassCenters(50, 8, 0.5, True, rule="sequential")
+    for step in range(5):
+        labels = torch.randperm(50, generator=g)[:20]
+        labels[:3] = -1
+        x = torch.randn(20, 8, generator=g)
+        a.update(x, labels)
+        b.update(x, labels)
+    torch.testing.assert_close(a.centers, b.centers)
+    assert torch.equal(a.initialized, b.initialized)
 
 
 def test_oim_table_lut_momentum_and_circular_queue():

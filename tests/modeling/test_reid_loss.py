@@ -98,12 +98,27 @@ def test_c2hep_and_hep_values_and_center_updates(base_cfg):
     centers = module.c2hep_centers
     assert centers.initialized.nonzero().flatten().tolist() == [1, 4, 7, 9]
     e = emb.detach()
-    torch.testing.assert_close(centers.centers[1], 0.25 * e[0] + 0.25 * e[4] + 0.5 * e[6])
+    # class 1 is seen three times in this first step: its center is their mean (the batch-mean rule)
+    torch.testing.assert_close(centers.centers[1], (e[0] + e[4] + e[6]) / 3)
     torch.testing.assert_close(centers.centers[9], e[9])
 
 
-def test_hep_with_a_full_pool_is_the_cosine_classifier_cross_entropy(base_cfg):
-    module = ReIDLoss(_cfg(base_cfg, ["HEP"], **{"HEP.POOL_SIZE": T, "HEP.SCALE": 7.0}), T)
+def test_hep_with_a_full_pool_is_the_linear_classifier_cross_entropy(base_cfg):
+    """The seed's HEP: classifier scores W x + b in the softmax (not cosines)."""
+    module = ReIDLoss(_cfg(base_cfg, ["HEP"], **{"HEP.POOL_SIZE": T}), T)
+    with torch.no_grad():
+        module.hep_weight.copy_(torch.randn(T, D, generator=torch.Generator().manual_seed(3)))
+        module.hep_bias.copy_(torch.linspace(-1, 1, T))
+    emb, pids, images = _batch(0)
+    got = module(emb, pids, images)["loss_hep"]
+    lab = pids >= 0
+    torch.testing.assert_close(got, F.cross_entropy(emb[lab] @ module.hep_weight.t() + module.hep_bias, pids[lab]))
+    got.backward()
+    assert module.hep_bias.grad.abs().sum() > 0
+
+
+def test_hep_cosine_option_is_the_cosine_classifier_cross_entropy(base_cfg):
+    module = ReIDLoss(_cfg(base_cfg, ["HEP"], **{"HEP.POOL_SIZE": T, "HEP.SCALE": 7.0, "HEP.LOGITS": "cosine"}), T)
     emb, pids, images = _batch(0)
     got = module(emb, pids, images)["loss_hep"]
     lab = pids >= 0
@@ -208,3 +223,44 @@ def test_memories_are_identical_across_ranks_and_equal_one_big_batch(base_cfg, t
     for name, value in single.state_dict().items():
         assert torch.equal(states[0][name], states[1][name]), name
         torch.testing.assert_close(states[0][name], value, msg=name)
+
+
+def test_olp_gradient_reaches_anchors_only(base_cfg):
+    """The seed's OLP gradient is dL/dx_a: with DETACH_POSITIVE (default) each pair member gets the gradient
+    of its anchor row only; the old behaviour (False) doubles the pull between positives."""
+    cfg = _cfg(base_cfg, ["OLP"])
+    g = torch.Generator().manual_seed(0)
+    dictionary = F.normalize(torch.randn(6, D, generator=g), dim=1)
+    for detach in (True, False):
+        module = ReIDLoss(_cfg(cfg, ["OLP"], **{"OLP.DETACH_POSITIVE": detach}), T)
+        module.olp_dictionary.push(dictionary, torch.arange(2, 8))
+        emb = F.normalize(torch.randn(2, D, generator=torch.Generator().manual_seed(1)), dim=1).requires_grad_(True)
+        module(emb, torch.tensor([0, 0]), torch.tensor([0, 1]))["loss_olp"].backward()
+        a = emb.detach().clone().requires_grad_(True)
+        rows = olp_loss(a, a.detach().flip(0), dictionary, module.olp_scale)  # positives as constants
+        rows.backward()
+        if detach:
+            torch.testing.assert_close(emb.grad, a.grad)
+        else:
+            assert not torch.allclose(emb.grad, a.grad, atol=1e-4)
+
+
+def test_default_hard_bound_leaves_the_random_fill_room(base_cfg):
+    """With the default HARD_PER_SAMPLE a CUHK-SYSU-like batch (6 labelled boxes, pool 100 of 5532) takes
+    at most 5 hard classes per sample, so random classes fill the rest; with 0 (no limit) the hard ones
+    fill the whole pool."""
+    from dcinet_d2.modeling.losses import select_priority_pool
+
+    cfg = get_cfg()
+    add_dcinet_config(cfg)
+    labels = torch.tensor([3, 3, 10, 10, 42, 77])
+    sims = torch.randn(6, 5532, generator=torch.Generator().manual_seed(0))
+    bound = cfg.MODEL.REID.HEP.HARD_PER_SAMPLE
+    assert bound > 0 and cfg.MODEL.REID.C2HEP.HARD_PER_SAMPLE == bound  # 0 would mean "no limit"
+    top = set(sims.topk(bound + 1, dim=1).indices.flatten().tolist())
+    pool = select_priority_pool(labels, sims, 100, hard_per_sample=bound)
+    outside = [c for c in pool.tolist() if c not in top and c not in labels.tolist()]
+    assert len(pool) == 100 and len(outside) >= 100 - 4 - 6 * 5  # the random fill ran
+    unbounded = select_priority_pool(labels, sims, 100, hard_per_sample=None)
+    top_all = set(sims.topk(100, dim=1).indices.flatten().tolist())
+    assert set(unbounded.tolist()) <= top_all | set(labels.tolist())
