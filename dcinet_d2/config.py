@@ -18,6 +18,10 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID = CN()
     # Dimension D of the L2-normalised re-id embedding (paper: unspecified; METHOD.md suggests 256).
     cfg.MODEL.REID.EMBED_DIM = 256
+    # Normalisation of the embedding (before L2) in training: "running" = the running statistics, as at
+    # inference (a re-id batch holds two or three people, whose batch statistics would make a person embed
+    # differently in every batch, against memories filled from other batches); "batch" = batch statistics.
+    cfg.MODEL.REID.EMBED_NORM = "running"
     # Number T of labelled training identities (CUHK-SYSU 5532, PRW 483); 0 = count them in DATASETS.TRAIN.
     cfg.MODEL.REID.NUM_IDENTITIES = 0
     # Re-id losses to train with, any of: OLP, HEP, C2HEP (the paper's), OIM, TRIPLET, CONTRASTIVE (baselines).
@@ -126,6 +130,9 @@ def add_dcinet_config(cfg):
     cfg.DATALOADER.PAIRED.ENABLED = True
     # Images per group sharing one labelled identity; groups fill each per-GPU batch.
     cfg.DATALOADER.PAIRED.GROUP_SIZE = 2
+
+    # Learning rate of the backbone's parameters relative to SOLVER.BASE_LR (1.0: Detectron2's optimizer).
+    cfg.SOLVER.BACKBONE_LR_FACTOR = 1.0
 
     cfg.TEST.PERSON_SEARCH = CN()
     # Detections with score below this are dropped before search and detection metrics (field: 0.5).

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Gallery search and indexing speed on this machine (CPU).
 
-    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--ef-search 32 64 128]
+    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--ef-search 32 64 128] [--intrinsic-dim 32]
     python scripts/benchmark_search.py indexing --config-file output/demo/config.yaml \
         --weights output/demo/model_final.pth --dataset synth_cuhk_sysu_gallery [--batch-sizes 1 2 4 8]
 
 latency: embeddings drawn like real ones (identities with 10 noisy views each, unit length; two views of one
-identity have cosine about 0.6, of two identities about 0), 1000 queries that are new views. For exact
+identity have cosine about 0.6; identity directions spread over a 32-dimensional subspace, as learned
+embeddings concentrate their variance, or uniformly with --intrinsic-dim 0), 1000 queries that are new views. For exact
 (faiss flat) and approximate (HNSW, the index's choice from APPROX_MIN_BOXES) search: build time, memory per
 box, latency per single query through GalleryIndex.search (p50, p95; filters and Hit objects included),
 batched time per query, and recall@10 of the approximate search against exact search.
@@ -21,9 +22,22 @@ import time
 import numpy as np
 
 
-def clustered(n, dim, rng, views=10, noise=0.05):
-    """[n, dim] float32 unit vectors: n // views identities, each a random direction plus Gaussian noise."""
-    centres = rng.standard_normal((max(1, n // views), dim), dtype=np.float32)
+def clustered(n, dim, rng, views=10, noise=0.05, intrinsic=0):
+    """[n, dim] float32 unit vectors: n // views identities, each a random direction plus Gaussian noise.
+
+    intrinsic > 0: identity directions vary in a random ``intrinsic``-dimensional subspace (plus a little
+    isotropic spread), as learned embeddings do (their variance concentrates in few principal directions);
+    0: directions uniform on the whole sphere (no structure at all: the hardest case for any approximate
+    search, whose graph or cells have nothing to follow).
+    """
+    ids = max(1, n // views)
+    if intrinsic:
+        basis = np.linalg.qr(rng.standard_normal((dim, intrinsic)))[0].astype(np.float32)
+        centres = rng.standard_normal((ids, intrinsic), dtype=np.float32) @ basis.T
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        centres += 0.2 / np.sqrt(dim) * rng.standard_normal(centres.shape, dtype=np.float32)
+    else:
+        centres = rng.standard_normal((ids, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = np.repeat(centres, views, axis=0)[:n]
     x += noise * rng.standard_normal(x.shape, dtype=np.float32)
@@ -71,7 +85,7 @@ def latency(args):
     rng = np.random.default_rng(0)
     rows = []
     for n in args.sizes:
-        data, centres = clustered(n, args.dim, rng)
+        data, centres = clustered(n, args.dim, rng, intrinsic=args.intrinsic_dim)
         ids = rng.integers(0, len(centres), args.queries)
         queries = centres[ids] + 0.05 * rng.standard_normal((args.queries, args.dim), dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -141,6 +155,8 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--intrinsic-dim", type=int, default=32,
+                   help="identity directions in a subspace of this dimension; 0 = uniform on the sphere")
     i = sub.add_parser("indexing")
     i.add_argument("--config-file", required=True)
     i.add_argument("--weights", required=True)

@@ -7,23 +7,30 @@
 """
 import os
 import sys
+import traceback
 
+import dcinet_d2  # noqa: F401  (first: quiets Detectron2's import-time warnings; registers datasets, heads, backbones)
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
-import dcinet_d2  # noqa: F401  (registers datasets, heads, backbones)
 from dcinet_d2 import add_dcinet_config
 from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_identities
 from dcinet_d2.data.sampler import build_person_search_train_loader
 from dcinet_d2.evaluation import build_person_search_evaluator
+from dcinet_d2.search.predictor import load_weights
+from dcinet_d2.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return build_person_search_train_loader(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -35,12 +42,28 @@ class Trainer(DefaultTrainer):
         return build_person_search_evaluator(cfg, dataset_name, output_folder)
 
 
-def setup(args):
+def build_cfg(args):
+    """The config of the command line (not frozen); ValueError naming the file or key on bad input."""
+    if not os.path.isfile(args.config_file):
+        raise ValueError(f"{args.config_file}: config file not found")
     cfg = get_cfg()
     add_dcinet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except Exception as e:  # noqa: BLE001 - yacs raises KeyError / ValueError / AssertionError for bad keys
+        raise ValueError(f"{args.config_file}: {type(e).__name__}: {str(e).strip()}") from None
+    if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
+        raise ValueError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: exists and is not a folder")
+    weights = cfg.MODEL.WEIGHTS
+    if args.eval_only and not args.resume and (not weights or ("://" not in weights and not os.path.isfile(weights))):
+        raise ValueError(f"MODEL.WEIGHTS {weights!r}: --eval-only needs a trained checkpoint file")
     resolve_num_identities(cfg)
+    return cfg
+
+
+def setup(args):
+    cfg = build_cfg(args)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -48,20 +71,45 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
-                                                                               resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            if args.resume:
+                DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+            else:  # refuses weights that leave the re-id head random (another architecture or config)
+                load_weights(model, cfg.MODEL.WEIGHTS)
+            return Trainer.test(cfg, model)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+    except Exception:
+        if comm.is_main_process():  # the traceback goes to the log file, the user gets one line (cli)
+            with open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a") as f:
+                f.write("train_net.py failed:\n")
+                traceback.print_exc(file=f)
+        raise
 
 
 def cli(argv=None):
+    """Command line; returns the exit code: 2 with one "error: ..." line on bad input, 1 with one line (the
+    traceback in OUTPUT_DIR/log.txt) when training or evaluation fails."""
     args = default_argument_parser().parse_args(argv)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        cfg = build_cfg(args)
+    except Exception as e:  # noqa: BLE001 - bad input is reported in one line, never a traceback
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("DCINET_DEBUG"):
+            raise
+        lines = [line for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        print(f"error: {lines[-1].strip()} (full traceback in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

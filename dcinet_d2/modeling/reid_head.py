@@ -4,6 +4,7 @@ DC-I-Net gives re-id its own, deeper head (its own res5 stage, or a small conv s
 configs) so that detection and re-id stop competing for one representation (METHOD.md, DC-I-Net 1.).
 I-Net embeds the detector's own box-head features with a single projection.
 """
+import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
@@ -37,10 +38,21 @@ class EmbeddingProjection(nn.Module):
     learnable shift, training from scratch against memories (OLP dictionary, C2HEP centers) that lag the
     fast-changing features found a shortcut, shrinking the scale until every embedding was the shift, where
     every memory loss sits at its uniform value log(K + 1) (measured: CPU configs, BN scale 0.14).
+
+    ``norm="running"`` (default): training normalises with the running statistics (updated from each batch
+    first, not differentiated), as inference does. A re-id batch holds the boxes of two or three people
+    (two images sharing one identity), so batch statistics would centre each box on whoever else is in the
+    batch: the same person embeds differently in every batch and the memories (OLP dictionary, C2HEP
+    centers, filled from other batches) disagree with the current features (measured on the synthetic
+    data: loss_c2hep rising to 25-30, ten times its uniform value, and wrecking detection through the
+    backbone). ``norm="batch"``: the earlier behaviour, batch statistics in training.
     """
 
-    def __init__(self, in_channels, embed_dim):
+    def __init__(self, in_channels, embed_dim, norm="running"):
         super().__init__()
+        if norm not in ("running", "batch"):
+            raise ValueError(f"MODEL.REID.EMBED_NORM must be 'running' or 'batch', got {norm!r}")
+        self.norm = norm
         self.proj = nn.Linear(in_channels, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=0.01)
         self.bn = nn.BatchNorm1d(embed_dim, affine=False)
@@ -49,10 +61,14 @@ class EmbeddingProjection(nn.Module):
         if x.dim() == 4:
             x = x.mean(dim=(2, 3))
         x = self.proj(x.flatten(1))
-        if self.training and x.shape[0] < 2:  # batch statistics need two samples: use the running ones
-            x = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
-        else:
-            x = self.bn(x)
+        if self.training and x.shape[0] >= 2:
+            if self.norm == "batch":
+                return F.normalize(self.bn(x), dim=1)
+            with torch.no_grad():  # update the running statistics only
+                F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=True,
+                             momentum=self.bn.momentum, eps=self.bn.eps)
+                self.bn.num_batches_tracked += 1
+        x = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
         return F.normalize(x, dim=1)
 
 
@@ -65,7 +81,7 @@ class Res5ReIDHead(nn.Module):
         # match both this stage and the C4 box head's. DCINetROIHeads copies the box head's res5 here
         # when a checkpoint has no re-id head (ImageNet initialisation of both stages).
         self.reid_res5, out_channels = build_res5_stage(cfg, input_shape.channels, cfg.MODEL.REID.NORM)
-        self.embed = EmbeddingProjection(out_channels, cfg.MODEL.REID.EMBED_DIM)
+        self.embed = EmbeddingProjection(out_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM)
 
     def forward(self, x):
         return self.embed(self.reid_res5(x))
@@ -83,7 +99,7 @@ class ConvReIDHead(nn.Module):
                                  norm=get_norm(r.NORM, r.CONV_DIM), activation=F.relu))
             channels = r.CONV_DIM
         self.convs = nn.Sequential(*layers)
-        self.embed = EmbeddingProjection(channels, r.EMBED_DIM)
+        self.embed = EmbeddingProjection(channels, r.EMBED_DIM, r.EMBED_NORM)
 
     def forward(self, x):
         return self.embed(self.convs(x))
@@ -98,7 +114,7 @@ class MobileNetV2ReIDHead(nn.Module):
         from .mobilenet import LAST_CHANNELS, MobileNetV2Stage5
 
         self.reid_stage5 = MobileNetV2Stage5(cfg.MODEL.REID.NORM)
-        self.embed = EmbeddingProjection(LAST_CHANNELS, cfg.MODEL.REID.EMBED_DIM)
+        self.embed = EmbeddingProjection(LAST_CHANNELS, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM)
 
     def forward(self, x):
         return self.embed(self.reid_stage5(x))

@@ -14,6 +14,7 @@ Under distributed training the memories are updated with the features of all ran
 order), so every rank keeps identical memories, as a single large batch would.
 """
 import logging
+import math
 from numbers import Real
 from typing import Dict
 
@@ -77,6 +78,18 @@ def _parse_loss_names(names) -> tuple:
     if len(set(names)) != len(names):
         raise ValueError(f"MODEL.REID.LOSSES repeats a loss: {list(names)}")
     return tuple(names)
+
+
+def _log_uniform(name: str, value) -> None:
+    """Record a memory loss's uniform value (log of its number of valid candidates: the loss of a model that
+    cannot tell them apart) in the training's EventStorage, as ``reid/<name>_uniform`` in metrics.json."""
+    try:
+        from detectron2.utils.events import get_event_storage
+
+        storage = get_event_storage()
+    except AssertionError:  # outside a training loop
+        return
+    storage.put_scalar(f"reid/{name}_uniform", float(value))
 
 
 def _gather_across_ranks(features: torch.Tensor, pids: torch.Tensor):
@@ -196,6 +209,8 @@ class ReIDLoss(nn.Module):
         # The seed's gradient is dL/dx_a only: the positive is a target, as the dictionary entries are.
         # Each member of a pair is still an anchor in its own row.
         positive = embeddings[positives].detach() if self.olp_detach_positive else embeddings[positives]
+        valid = mask.sum(dim=1) if mask is not None else torch.full_like(anchors, len(negatives))
+        _log_uniform("olp", torch.log1p(valid.float()).mean())
         return olp_loss(embeddings[anchors], positive, negatives.to(embeddings), self.olp_scale, mask)
 
     def _loss_hep(self, embeddings, pids, image_ids):
@@ -208,6 +223,7 @@ class ReIDLoss(nn.Module):
             y, cos.detach(), self.hep_pool_size, hard_per_sample=self.hep_hard_per_sample or None,
             config_key="MODEL.REID.HEP.POOL_SIZE",
         )
+        _log_uniform("hep", math.log(len(pool)))
         # The seed: classifier scores s_t = w_t . x + b_t; "cosine": the scaled cosine classifier (C2HEP-like).
         logits = x @ self.hep_weight.t() + self.hep_bias if self.hep_logits == "linear" else self.hep_scale * cos
         return hep_loss(logits, y, pool)
@@ -224,6 +240,7 @@ class ReIDLoss(nn.Module):
             y, sims, self.c2hep_pool_size, hard_per_sample=self.c2hep_hard_per_sample or None,
             allowed=self.c2hep_centers.initialized, config_key="MODEL.REID.C2HEP.POOL_SIZE",
         )
+        _log_uniform("c2hep", math.log(len(pool)))
         return c2hep_loss(x, y, centers, pool, self.c2hep_lambda)
 
     def _loss_oim(self, embeddings, pids, image_ids):

@@ -93,7 +93,8 @@ class INetROIHeads(ReIDROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["reid_embed"] = EmbeddingProjection(ret["box_head"].output_shape.channels, cfg.MODEL.REID.EMBED_DIM)
+        ret["reid_embed"] = EmbeddingProjection(ret["box_head"].output_shape.channels, cfg.MODEL.REID.EMBED_DIM,
+                                                cfg.MODEL.REID.EMBED_NORM)
         return ret
 
     def embed_boxes(self, features, boxes):

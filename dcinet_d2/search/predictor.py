@@ -74,7 +74,8 @@ def load_weights(model, path):
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
     incompatible = checkpointer._load_model(checkpoint)
-    missing = [k for k in incompatible.missing_keys if "reid" in k or k.startswith("roi_heads")]
+    # The training memories (reid_loss: dictionary, centers) play no part at inference.
+    missing = [k for k in incompatible.missing_keys if k.startswith("roi_heads") and ".reid_loss." not in k]
     if missing:
         raise ValueError(f"{path}: holds no weights for {len(missing)} parameters of this model's heads (e.g. "
                          f"{missing[0]}): a checkpoint of another architecture or config?")
