@@ -39,16 +39,14 @@ class EmbeddingProjection(nn.Module):
     fast-changing features found a shortcut, shrinking the scale until every embedding was the shift, where
     every memory loss sits at its uniform value log(K + 1) (measured: CPU configs, BN scale 0.14).
 
-    ``norm="running"`` (default): training normalises with the running statistics (updated from each batch
-    first, not differentiated), as inference does. A re-id batch holds the boxes of two or three people
-    (two images sharing one identity), so batch statistics would centre each box on whoever else is in the
-    batch: the same person embeds differently in every batch and the memories (OLP dictionary, C2HEP
-    centers, filled from other batches) disagree with the current features (measured on the synthetic
-    data: loss_c2hep rising to 25-30, ten times its uniform value, and wrecking detection through the
-    backbone). ``norm="batch"``: the earlier behaviour, batch statistics in training.
+    ``norm="batch"`` (default): batch statistics in training. ``norm="running"``: training normalises with
+    the running statistics (updated from each batch first, not differentiated), as inference does. A re-id
+    batch holds the boxes of two or three people (two images sharing one identity), so batch statistics
+    centre each box on whoever else is in the batch and the memories (filled from other batches) disagree
+    with the current features; measured trade-offs in dcinet_d2/config.py (MODEL.REID.EMBED_NORM).
     """
 
-    def __init__(self, in_channels, embed_dim, norm="running"):
+    def __init__(self, in_channels, embed_dim, norm="batch"):
         super().__init__()
         if norm not in ("running", "batch"):
             raise ValueError(f"MODEL.REID.EMBED_NORM must be 'running' or 'batch', got {norm!r}")

@@ -8,7 +8,7 @@ from dcinet_d2.modeling.reid_head import EmbeddingProjection
 def test_running_norm_embeds_a_box_the_same_whatever_the_batch():
     torch.manual_seed(0)
     a, b, c = torch.randn(1, 16) + 3, torch.randn(3, 16), torch.randn(3, 16) - 2
-    running, batch = EmbeddingProjection(16, 8), EmbeddingProjection(16, 8, norm="batch")
+    running, batch = EmbeddingProjection(16, 8, norm="running"), EmbeddingProjection(16, 8)
     batch.load_state_dict(running.state_dict())
     for head in (running, batch):
         head.train()
