@@ -110,15 +110,20 @@ def test_index_and_search_the_gallery(trained, tmp_path):
                           str(index_dir), "--batch-size", "4", "--quiet"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "indexed 120 images" in res.stdout and "skipped 0 images" in res.stdout
-    os.environ["DCINET_DATASETS"] = env["DCINET_DATASETS"]  # the registered synthetic splits read it lazily
+    from detectron2.data import DatasetCatalog as catalog
+
+    from dcinet_d2.data.cuhk_sysu import register_cuhk_sysu
+
+    if "e2e_synth_gallery" not in catalog.list():  # this test's data (the standard names point at ./datasets)
+        register_cuhk_sysu("e2e_synth", str(trained["data"]))
     cfg = get_cfg()
     add_dcinet_config(cfg)
     cfg.merge_from_file(str(out / "config.yaml"))
     cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
     predictor = PersonSearchPredictor(cfg)
     index = GalleryIndex.load(str(index_dir))
-    gallery = {os.path.basename(d["file_name"]): d for d in DatasetCatalog.get("synth_cuhk_sysu_gallery")}
-    queries = DatasetCatalog.get("synth_cuhk_sysu_query")
+    gallery = {os.path.basename(d["file_name"]): d for d in DatasetCatalog.get("e2e_synth_gallery")}
+    queries = DatasetCatalog.get("e2e_synth_query")
     first_correct = []
     for q in queries:
         box, pid = q["annotations"][0]["bbox"], q["annotations"][0]["person_id"]

@@ -188,3 +188,30 @@ def test_bad_input_is_one_line_and_changes_nothing(built, gallery, tiny_model, t
     (tmp_path / "somefile").write_text("x")
     _fails(capsys, _index_args(tiny_model, gallery, tmp_path / "somefile"), "not a gallery index")
     assert {p: p.read_bytes() for p in idx.rglob("*") if p.is_file()} == files_before
+
+
+def test_video_frames_are_indexed_and_found(tiny_model, tmp_path):
+    """A video is indexed one frame in N; hits name the video and the frame number."""
+    video = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    frames = [scene(100 + i) for i in range(9)]
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    out = tmp_path / "idx"
+    res = _cli("index", "--config-file", tiny_model[0], "--weights", tiny_model[1], "--video", video, "--every", "4",
+               "--out", out, "--det-thresh", "0.3", "--quiet")
+    assert "indexed 3 images" in res.stdout
+    rows = _rows(out)
+    assert set(rows) == {("cam.avi", 0), ("cam.avi", 4), ("cam.avi", 8)}
+    box = rows[("cam.avi", 4)][0][0]
+    still = tmp_path / "frame4.png"
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 4)
+    ok, image = cap.read()
+    assert ok
+    cv2.imwrite(str(still), image)  # the decoded frame, so that the query sees the indexed pixels
+    hits = json.loads(_cli("query", "--index", out, "--image", still, "--box", ",".join(f"{v:.3f}" for v in box),
+                           "--top-k", "2", "--json", "--vis", tmp_path / "v.png").stdout)["hits"]
+    assert (hits[0]["image"], hits[0]["frame"]) == ("cam.avi", 4) and hits[0]["similarity"] > 0.999
+    assert cv2.imread(str(tmp_path / "v.png")) is not None
