@@ -81,3 +81,40 @@ def save_tiny_model(folder, seed=0):
     with open(config, "w") as f:
         f.write(cfg.dump())
     return config, os.path.join(folder, "model_final.pth")
+
+
+def train_steps_checking_memories(steps, out_file):
+    """Distributed worker (run it under Detectron2's ``launch`` with several processes): train a tiny
+    DC-I-Net (DDP) for ``steps`` steps on different random data per rank, and after every step check that
+    the re-id memories (OLP dictionary, class centers and their "seen" flags) and the parameters are
+    identical on every rank. The main process writes the number of checked steps to ``out_file``."""
+    from detectron2.engine.defaults import create_ddp_model
+    from detectron2.modeling import build_model
+    from detectron2.utils import comm
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    ddp = create_ddp_model(model, broadcast_buffers=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    checked = 0
+    with EventStorage():
+        for step in range(steps):
+            losses = ddp(random_batch(2, seed=1000 * comm.get_rank() + step))  # other data on each rank
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            # Parameters (DDP averages gradients) and the re-id memories; BatchNorm statistics stay per
+            # process (Detectron2's DDP: broadcast_buffers=False).
+            state = {k: v.detach().clone() for k, v in model.named_parameters()}
+            state.update({k: v.clone() for k, v in model.roi_heads.reid_loss.state_dict().items()})
+            everyone = comm.all_gather(state)
+            for k, v in state.items():
+                for other in everyone[1:]:
+                    if not torch.equal(everyone[0][k], other[k]):
+                        raise AssertionError(f"step {step}: {k} differs between ranks")
+            assert int(model.roi_heads.reid_loss.olp_dictionary.num_filled) > 0
+            checked += 1
+    if comm.is_main_process():
+        with open(out_file, "w") as f:
+            f.write(str(checked))

@@ -8,6 +8,7 @@
 import os
 import sys
 import traceback
+import weakref
 
 import dcinet_d2  # noqa: F401  (first: quiets Detectron2's import-time warnings; registers datasets, heads, backbones)
 import detectron2.utils.comm as comm
@@ -20,10 +21,41 @@ from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_id
 from dcinet_d2.data.sampler import build_person_search_train_loader
 from dcinet_d2.evaluation import build_person_search_evaluator
 from dcinet_d2.search.predictor import load_weights
+from dcinet_d2.resume import AtomicCheckpointer, restart_data_stream, rng_state, set_rng_state
 from dcinet_d2.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
+    """DefaultTrainer with the project's loaders, evaluator and optimizer, atomic checkpoints, and exact
+    resume (random generators and data stream position in the checkpoint; dcinet_d2/resume.py)."""
+
+    def build_hooks(self):
+        # Called by DefaultTrainer.__init__ before the hooks that save checkpoints are made.
+        self.checkpointer = AtomicCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return super().build_hooks()
+
+    def state_dict(self):
+        state = super().state_dict()
+        # Detectron2 0.6 saves neither the optimizer (momentum, and the learning rate of the next step) nor
+        # the random generators; later releases save the former as "_trainer".
+        state["_trainer"] = self._trainer.state_dict()
+        state["rng"] = rng_state()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+        self._resumed_rng = state.get("rng")
+
+    def resume_or_load(self, resume=True):
+        self._resumed_rng = None
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0:
+            restart_data_stream(self._trainer, self.start_iter)
+            if self._resumed_rng is not None:  # after the new loader iterator, which draws a seed
+                set_rng_state(self._resumed_rng)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_person_search_train_loader(cfg)

@@ -1,9 +1,11 @@
 """Training batches of images that share labelled identities (the paper's "on-line pairing")."""
 import itertools
 import logging
+import random
 from collections import defaultdict
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler, get_worker_info
 
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
@@ -66,13 +68,25 @@ class PairedIdentitySampler(Sampler):
         self._rank = comm.get_rank()
         self._world_size = comm.get_world_size()
 
+    # This rank's batches before this one are skipped (set when training resumes; see dcinet_d2/resume.py).
+    start_batch = 0
+
     def __iter__(self):
+        """Yields (dataset index, sample seed): the seed is a function of the sample's place in the global
+        stream only, so that a resumed run maps (augments) every sample exactly as an uninterrupted one."""
         batches = itertools.islice(self._infinite_batches(), self._rank, None, self._world_size)
+        numbered = itertools.islice(enumerate(batches), self.start_batch, None)
         worker = get_worker_info()
         if worker is not None and worker.num_workers > 1:
-            batches = itertools.islice(batches, worker.id, None, worker.num_workers)
-        for batch in batches:
-            yield from batch
+            numbered = itertools.islice(numbered, worker.id, None, worker.num_workers)
+        for b, batch in numbered:
+            for j, index in enumerate(batch):
+                yield index, self.sample_seed(b, j)
+
+    def sample_seed(self, batch, position):
+        """Seed of the ``position``-th image of this rank's ``batch``-th batch (0 <= seed < 2**31)."""
+        key = ((self._seed * 1_000_003 + batch) * self._world_size + self._rank) * self._images_per_batch + position
+        return int(np.random.SeedSequence(key % 2**63).generate_state(1)[0] % 2**31)
 
     def _infinite_groups(self):
         """Groups (list of ``group_size`` distinct indices) of the global stream."""
@@ -91,6 +105,18 @@ class PairedIdentitySampler(Sampler):
         groups = self._infinite_groups()
         while True:
             yield [i for _ in range(self._groups_per_batch) for i in next(groups)]
+
+
+class SeededMapDataset(MapDataset):
+    """MapDataset indexed by (index, seed): the random generators the mapper's augmentations draw from
+    (numpy's, Python's and torch's global ones) are seeded with ``seed`` first."""
+
+    def __getitem__(self, item):
+        index, seed = item
+        np.random.seed(seed)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        return super().__getitem__(index)
 
 
 def _identity_index(dataset_dicts, group_size):
@@ -144,7 +170,7 @@ def build_person_search_train_loader(cfg, mapper=None):
     )
     # The sampler shards across loader workers by whole batches itself; ToIterableDataset's default
     # per-index sharding would split the groups.
-    dataset = ToIterableDataset(MapDataset(DatasetFromList(dicts, copy=False), mapper), sampler,
+    dataset = ToIterableDataset(SeededMapDataset(DatasetFromList(dicts, copy=False), mapper), sampler,
                                 shard_sampler=False)
     # Aspect-ratio grouping would reorder the stream and split the groups.
     return build_batch_data_loader(

@@ -68,7 +68,9 @@ def _parser():
     p.add_argument("--shard", type=_shard, default=(0, 1),
                    help="I/N: index only shard I of N (N commands share one --out; then run once without "
                         "--shard to merge)")
-    p.add_argument("--num-gpus", type=int, default=1, help="processes (one per GPU) under Detectron2's launch")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="processes under Detectron2's launch, one shard each (one per GPU; CPU processes "
+                        "when there is no GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
@@ -148,8 +150,6 @@ def _index_worker(args):
     cfg = _cfg(args.config_file, args.weights, args.device, args.opts, args.det_thresh)
     det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
-    if world > 1:
-        cfg.MODEL.DEVICE = "cuda" if cfg.MODEL.DEVICE == "cuda" else cfg.MODEL.DEVICE
     root, items = _items(args)
     predictor = PersonSearchPredictor(cfg)
     if rank == 0:
@@ -180,7 +180,7 @@ def _print_index_summary(args, summaries, final, shard):
     rate = indexed / seconds if seconds > 0 else 0.0
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
     print(f"indexed {indexed} images{part}, {detections} detections, in {seconds:.1f} s ({rate:.2f} images/s); "
-          f"already in the index: {summaries[0]['already'] if len(summaries) == 1 else 'see shards'}")
+          f"already in the index: {summaries[0]['already']}")
     print(f"skipped {len(skipped)} images" + (":" if skipped else ""))
     for image, reason in skipped:
         print(f"  {image}: {reason}")
@@ -209,10 +209,9 @@ def _cmd_index(args):
     if args.num_gpus > 1:
         if args.shard != (0, 1):
             raise UsageError("--shard and --num-gpus > 1 exclude each other")
-        if torch.cuda.device_count() < args.num_gpus:
-            raise UsageError(f"--num-gpus {args.num_gpus}: {torch.cuda.device_count()} GPUs here; on the CPU, run "
-                             f"{args.num_gpus} commands with --shard 0/{args.num_gpus} .. --shard "
-                             f"{args.num_gpus - 1}/{args.num_gpus}, then one without --shard")
+        if 0 < torch.cuda.device_count() < args.num_gpus:
+            raise UsageError(f"--num-gpus {args.num_gpus}: only {torch.cuda.device_count()} GPUs here")
+        # Without GPUs the processes run on the CPU (gloo backend).
         launch(_index_worker, args.num_gpus, dist_url="auto", args=(args,))
         return 0
     return _index_worker(args)

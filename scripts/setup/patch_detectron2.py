@@ -108,6 +108,19 @@ def patch(root):
     replace(root, "detectron2/engine/hooks.py",
             "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
             "isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler)", count=2)
+    # 9. Multi-process on CPU-only machines, as later detectron2 releases do: launch uses the gloo backend
+    #    when there is no GPU (0.6 asserts CUDA and NCCL), and DDP wraps a CPU model without device_ids.
+    launch = "detectron2/engine/launch.py"
+    replace(root, launch,
+            '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
+            "    has_gpu = torch.cuda.is_available()\n")
+    replace(root, launch, '            backend="NCCL",', '            backend="NCCL" if has_gpu else "GLOO",')
+    replace(root, launch,
+            "    assert num_gpus_per_machine <= torch.cuda.device_count()\n    torch.cuda.set_device(local_rank)\n",
+            "    if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+            "        torch.cuda.set_device(local_rank)\n")
+    replace(root, "detectron2/engine/defaults.py", '    if "device_ids" not in kwargs:\n',
+            '    if "device_ids" not in kwargs and torch.cuda.is_available():\n')
 
 
 def main(argv):

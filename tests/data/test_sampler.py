@@ -33,7 +33,8 @@ def _labelled(index, image_ids=IMAGE_IDS):
 
 
 def _take(sampler, n):
-    return list(itertools.islice(iter(sampler), n))
+    """The first n dataset indices of the stream (it yields (index, sample seed) pairs)."""
+    return [index for index, _ in itertools.islice(iter(sampler), n)]
 
 
 def _groups(stream, size):
@@ -156,3 +157,13 @@ def test_train_loader_with_two_workers_keeps_pairs(registered):
     # The loader's stream equals the sampler's, batch for batch, across the two workers.
     expected = _groups(_take(PairedIdentitySampler(_dicts(), 2, 2, seed=seed), 16), 2)
     assert [[index[n] for n in b] for b in batches] == expected
+
+
+def test_a_resumed_stream_continues_the_uninterrupted_one_seeds_included():
+    """start_batch = k skips this rank's first k batches: indices and per-sample seeds then equal the
+    uninterrupted stream's (what exact resume of training needs)."""
+    full = list(itertools.islice(iter(PairedIdentitySampler(_dicts(), 4, 2, seed=5)), 40))
+    resumed = PairedIdentitySampler(_dicts(), 4, 2, seed=5)
+    resumed.start_batch = 3
+    assert list(itertools.islice(iter(resumed), 28)) == full[12:]
+    assert len({seed for _, seed in full}) == len(full)  # a seed per sample position

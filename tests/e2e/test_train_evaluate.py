@@ -140,3 +140,24 @@ def test_index_and_search_the_gallery(trained, tmp_path):
     assert cli.returncode == 0, cli.stderr
     api = index.search(predictor.embed(read_image_bgr(q["file_name"]), [q["annotations"][0]["bbox"]]).numpy(), 3)[0]
     assert [(h["image"], h["box"]) for h in json.loads(cli.stdout)["hits"]] == [(h.image, h.box) for h in api]
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_single_process(trained):
+    """--eval-only with 2 processes on the CPU (gallery sharded, gathered on the main process) gives the
+    single-process results file and metrics."""
+    from dcinet_d2.evaluation import evaluate_search_results
+
+    out, two = trained["out"], trained["out"] / "eval_two"
+    _run(["scripts/train_net.py", "--config-file", "configs/cpu/dcinet_r18_synth.yaml", "--eval-only", "--num-gpus",
+          "2", "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(two),
+          "TEST.PERSON_SEARCH.COCO_AP", "False"], trained["env"])
+    name = "synth_cuhk_sysu_gallery"
+    single = torch.load(out / "inference" / name / "search_results.pth", weights_only=True)
+    multi = torch.load(two / "inference" / name / "search_results.pth", weights_only=True)
+    assert multi["gallery"].keys() == single["gallery"].keys()
+    torch.testing.assert_close(multi["queries"], single["queries"], atol=1e-5, rtol=0)
+    a = evaluate_search_results(single, "cuhk_sysu", str(trained["data"]), gallery_size=100)
+    b = evaluate_search_results(multi, "cuhk_sysu", str(trained["data"]), gallery_size=100)
+    for key in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key

@@ -215,3 +215,11 @@ def test_video_frames_are_indexed_and_found(tiny_model, tmp_path):
                            "--top-k", "2", "--json", "--vis", tmp_path / "v.png").stdout)["hits"]
     assert (hits[0]["image"], hits[0]["frame"]) == ("cam.avi", 4) and hits[0]["similarity"] > 0.999
     assert cv2.imread(str(tmp_path / "v.png")) is not None
+
+
+def test_two_processes_under_launch_give_the_single_build(built, gallery, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    res = _cli(*_index_args(tiny_model, gallery, out, "--num-gpus", "2"))
+    assert "indexed 8 images" in res.stdout and "skipped 3 images" in res.stdout
+    assert len(os.listdir(out / "parts")) == 1  # merged by the main process
+    _assert_same_rows(_rows(out), built["rows"])
