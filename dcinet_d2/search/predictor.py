@@ -8,8 +8,6 @@
 Images follow DefaultPredictor's conventions: uint8 [H, W, 3] in BGR order (as ``cv2.imread`` gives; it is
 flipped when ``cfg.INPUT.FORMAT`` is RGB), resized as at test time. Boxes are XYXY in original pixels.
 """
-import logging
-import math
 import os
 from typing import List, Sequence
 
@@ -19,8 +17,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["PersonSearchPredictor", "check_image", "check_boxes", "load_weights"]
 
@@ -129,9 +125,3 @@ class PersonSearchPredictor(DefaultPredictor):
         out = self.model([self._input(image, "query image", boxes)])[0]["instances"]
         return out.reid_embeddings.to("cpu")
 
-
-def finite_threshold(value, name="--det-thresh"):
-    """``value`` if it is a score threshold in [0, 1]; ValueError naming it otherwise."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} {value}: expected a detection score threshold in [0, 1]")
-    return float(value)

@@ -6,14 +6,11 @@ item's image is read only when ``load()`` is called, and a file that cannot be r
 :class:`UnreadableImage` with the reason (the indexer logs it and skips the item).
 """
 import dataclasses
-import logging
 import os
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "GalleryItem", "UnreadableImage", "read_image_bgr", "folder_items",
            "video_items", "open_video", "dataset_items"]
