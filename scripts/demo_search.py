@@ -20,13 +20,7 @@ import sys
 import numpy as np
 
 import dcinet_d2  # noqa: F401  (registers the synthetic datasets)
-
-
-def _iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+from dcinet_d2.evaluation.protocol import paired_iou
 
 
 def _query(queries, i):
@@ -38,8 +32,13 @@ def _correct(hits, pid, truth):
     """Per hit (dicts or Hit objects): does it show person ``pid`` (IoU >= 0.5 with one of its boxes)?"""
     def field(h, k):
         return h[k] if isinstance(h, dict) else getattr(h, k)
-    return [any(_iou(field(h, "box"), g) >= 0.5 for g in truth.get(os.path.basename(field(h, "image")), {})
-                .get(pid, [])) for h in hits]
+
+    def shows(hit):
+        boxes = np.asarray(truth.get(os.path.basename(field(hit, "image")), {}).get(pid, []), np.float64)
+        if not len(boxes):
+            return False
+        return bool((paired_iou(np.tile(field(hit, "box"), (len(boxes), 1)), boxes) >= 0.5).any())
+    return [shows(h) for h in hits]
 
 
 def _all_queries(args, queries, truth):

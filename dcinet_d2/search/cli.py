@@ -104,7 +104,7 @@ def _check_threshold(value):
         raise UsageError(f"--det-thresh {value}: expected a detection score threshold in [0, 1]")
 
 
-def _cfg(config_file, weights, device, opts=(), det_thresh=None):
+def _cfg(config_file, weights, device, opts=()):
     import torch
     from detectron2.config import get_cfg
 
@@ -121,8 +121,6 @@ def _cfg(config_file, weights, device, opts=(), det_thresh=None):
         raise UsageError(f"{config_file}: not a dcinet-d2 config ({type(e).__name__}: {e})") from None
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if det_thresh is not None:  # the model must not drop what the index keeps
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
     return cfg
 
 
@@ -147,8 +145,9 @@ def _index_worker(args):
 
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = (rank, world) if world > 1 else args.shard
-    cfg = _cfg(args.config_file, args.weights, args.device, args.opts, args.det_thresh)
+    cfg = _cfg(args.config_file, args.weights, args.device, args.opts)
     det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
+    # The model must not drop what the index keeps.
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
     root, items = _items(args)
     predictor = PersonSearchPredictor(cfg)

@@ -167,7 +167,8 @@ class GalleryIndex:
             raise ValueError("query embeddings hold NaN or infinite values")
         keep = np.ones(self.num_boxes, bool) if det_thresh is None else self.scores >= det_thresh
         if len(exclude_images):
-            excluded = np.array([image in set(exclude_images) for image, _ in self.images] + [False])
+            leave_out = set(exclude_images)
+            excluded = np.array([image in leave_out for image, _ in self.images] + [False])
             keep &= ~excluded[self.entry_image]
         wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
         if wanted == 0:
