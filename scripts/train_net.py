@@ -21,7 +21,8 @@ from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_id
 from dcinet_d2.data.sampler import build_person_search_train_loader
 from dcinet_d2.evaluation import build_person_search_evaluator
 from dcinet_d2.search.predictor import load_weights
-from dcinet_d2.resume import AtomicCheckpointer, restart_data_stream, rng_state, set_rng_state
+from dcinet_d2.fileio import folder_write_problem
+from dcinet_d2.resume import AtomicCheckpointer, check_last_checkpoint, restart_data_stream, rng_state, set_rng_state
 from dcinet_d2.solver import build_optimizer
 
 
@@ -87,6 +88,11 @@ def build_cfg(args):
         raise ValueError(f"{args.config_file}: {type(e).__name__}: {str(e).strip()}") from None
     if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
         raise ValueError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: exists and is not a folder")
+    problem = folder_write_problem(cfg.OUTPUT_DIR)
+    if problem:
+        raise ValueError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: {problem}")
+    if args.resume:
+        check_last_checkpoint(cfg.OUTPUT_DIR)  # a corrupt last_checkpoint: one line here, not a traceback later
     weights = cfg.MODEL.WEIGHTS
     if args.eval_only and not args.resume and (not weights or ("://" not in weights and not os.path.isfile(weights))):
         raise ValueError(f"MODEL.WEIGHTS {weights!r}: --eval-only needs a trained checkpoint file")

@@ -58,8 +58,13 @@ def _file_key(path, what):
 
 
 def _load_key(path, key):
-    """The variable ``key`` of a .mat file (only it is read); ValueError naming the file if it is absent."""
-    mat = sio.loadmat(path, variable_names=[key])
+    """The variable ``key`` of a .mat file (only it is read); ValueError naming the file and the key if the
+    file is not a readable .mat file (not one at all, truncated, empty) or has no such variable."""
+    try:
+        mat = sio.loadmat(path, variable_names=[key])
+    except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, OSError, IndexError, ... for bad files
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}); expected one "
+                         f"with the variable '{key}'") from None
     if key not in mat:
         found = sorted(name for name, _, _ in sio.whosmat(path))
         raise ValueError(f"{path}: no variable '{key}' (found {found})")
@@ -68,7 +73,9 @@ def _load_key(path, key):
 
 def _fields(array, path, names):
     if array.dtype.names is None or any(n not in array.dtype.names for n in names):
-        raise ValueError(f"{path}: expected a struct array with fields {names}, got {array.dtype.names}")
+        got = (f"fields {list(array.dtype.names)}" if array.dtype.names is not None
+               else f"a {array.dtype} array of shape {array.shape}")
+        raise ValueError(f"{path}: expected a struct array with fields {names}, got {got}")
 
 
 def _text(cell):
@@ -159,8 +166,14 @@ def read_images(root):
 
 
 def parse_pool_mat(path):
-    """The test image names of a ``pool.mat`` file (``pool``), in file order: {"names": np.ndarray[P] str}."""
-    return {"names": np.array([_text(n) for n in _load_key(path, "pool").reshape(-1)], dtype=str).reshape(-1)}
+    """The test image names of a ``pool.mat`` file (``pool``), in file order: {"names": np.ndarray[P] str}.
+
+    ValueError naming the file unless ``pool`` is a non-empty cell array of strings."""
+    cells = _load_key(path, "pool").reshape(-1)
+    if not cells.size or not all(np.asarray(c).dtype.kind == "U" for c in cells):
+        raise ValueError(f"{path}: 'pool' is a {cells.dtype} array of {cells.size} values, expected the test "
+                         "image names (a non-empty cell array of strings)")
+    return {"names": np.array([_text(n) for n in cells], dtype=str).reshape(-1)}
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,7 +10,11 @@ Generic format: a COCO-style JSON file (datasets/README.md has an example)::
      "categories":  [{"id": 1, "name": "tattoo"}, ...],
      "queries":     [7, {"annotation_id": 9}, ...]}          # annotation ids, in the protocol's order
 
-``height``/``width`` are optional (read from the image header when absent). ``register_search_dataset(name,
+``height``/``width`` are optional (read from the image header when absent). Other keys (COCO's ``info``,
+``licenses``, ``segmentation``, ``area``, ``iscrowd``, ...) are ignored. Bad input is a ValueError naming the
+file and the entry: a file that is not JSON, entries of the wrong type, duplicate image ids, file names or
+annotation ids, NaN / infinite boxes, a negative width or height. Boxes of zero area (after clipping to the
+image) are dropped with one warning counting them. ``register_search_dataset(name,
 json_file, image_root)`` registers three splits:
 
 - ``f"{name}_train"``: the "train" images; labelled identities remapped to 0..T-1 (sorted raw identities);
@@ -181,7 +185,47 @@ def _parse_bbox(json_file, ann):
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
         raise _bad(json_file, f"annotation {ann.get('id')}: bbox {bbox!r} is not [x, y, w, h]") from None
+    if not np.all(np.isfinite([x, y, w, h])):
+        raise _bad(json_file, f"annotation {ann.get('id')}: bbox {bbox!r} holds NaN or infinite values")
+    if w < 0 or h < 0:
+        raise _bad(json_file, f"annotation {ann.get('id')}: bbox {bbox!r} has a negative width or height "
+                              "(expected [x, y, w, h], w, h >= 0)")
     return [x, y, x + w, y + h]
+
+
+def _load_json(json_file):
+    """The parsed JSON content (a dict with the three lists of dicts); ValueError naming the file otherwise."""
+    try:
+        data = _read_json(_file_key(json_file))
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise _bad(json_file, f"not a JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise _bad(json_file, f"holds a JSON {type(data).__name__}, expected an object with 'images', "
+                              "'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise _bad(json_file, f"no '{key}' list (expected a COCO-style file with 'identity' annotations)")
+        if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
+            raise _bad(json_file, f"'{key}' is not a list of objects")
+    if not isinstance(data.get("queries", []), list):
+        raise _bad(json_file, "'queries' is not a list of annotation ids")
+    return data
+
+
+def _check_unique(json_file, values, what):
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise _bad(json_file, f"{what} {value!r} appears twice (expected each once)")
+        seen.add(value)
+
+
+def _check_size(json_file, img):
+    for key in ("height", "width"):
+        value = img.get(key)
+        if key in img and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+                           or not float(value).is_integer()):
+            raise _bad(json_file, f"image {img['id']}: {key} {value!r} is not a positive integer (pixels)")
 
 
 def read_search_json(json_file):
@@ -194,10 +238,13 @@ def read_search_json(json_file):
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{json_file}: generic gallery JSON not found")
-    data = _read_json(_file_key(json_file))
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise _bad(json_file, f"no '{key}' list (expected a COCO-style file with 'identity' annotations)")
+    data = _load_json(json_file)
+    _check_unique(json_file, (img["id"] for img in data["images"] if "id" in img), "image id")
+    _check_unique(json_file, (img["file_name"] for img in data["images"] if "file_name" in img), "image file_name")
+    _check_unique(json_file, (a["id"] for a in data["annotations"] if a.get("id") is not None), "annotation id")
+    for cat in data["categories"]:
+        if "id" not in cat or "name" not in cat:
+            raise _bad(json_file, f"category {cat!r} needs 'id' and 'name'")
     cat_index = {c["id"]: i for i, c in enumerate(data["categories"])}
     images, by_image, ann_index = {}, {}, {}
     for img in data["images"]:
@@ -206,6 +253,7 @@ def read_search_json(json_file):
             raise _bad(json_file, f"image {img.get('id')}: split {split!r} is not one of {SPLITS}")
         if "id" not in img or "file_name" not in img:
             raise _bad(json_file, f"image entry {img!r} needs 'id' and 'file_name'")
+        _check_size(json_file, img)
         images[img["id"]] = dict(img, split=split)
         by_image[img["id"]] = []
     for ann in data["annotations"]:
@@ -217,7 +265,7 @@ def read_search_json(json_file):
         by_image[ann["image_id"]].append((ann.get("id"), box, _parse_identity(json_file, ann),
                                           cat_index[ann["category_id"]]))
         ann_index[ann.get("id")] = ann["image_id"]
-    queries = [q["annotation_id"] if isinstance(q, dict) else q for q in data.get("queries", [])]
+    queries = [q.get("annotation_id") if isinstance(q, dict) else q for q in data.get("queries", [])]
     return {"images": list(images.values()), "annotations": by_image, "queries": queries,
             "classes": [c["name"] for c in data["categories"]], "ann_index": ann_index}
 

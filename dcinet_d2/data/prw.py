@@ -60,12 +60,26 @@ def camera_id(name):
     return int(match.group(1))
 
 
+def _loadmat(path, expected):
+    """``scipy.io.loadmat(path)``; ValueError naming the file and what it should hold if it is not a readable
+    .mat file (not one at all, truncated, empty)."""
+    try:
+        return sio.loadmat(path)
+    except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, OSError, IndexError, ... for bad files
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}); expected one "
+                         f"with {expected}") from None
+
+
 @functools.lru_cache(maxsize=4)
 def _read_frame_names(key, var):
-    mat = sio.loadmat(key[0])
+    mat = _loadmat(key[0], f"the variable '{var}'")
     if var not in mat:
         raise ValueError(f"{key[0]}: no variable '{var}' (found {sorted(k for k in mat if not k.startswith('__'))})")
-    return tuple(str(np.asarray(c).reshape(-1)[0]) + ".jpg" for c in mat[var].reshape(-1))
+    cells = mat[var].reshape(-1)
+    if not cells.size or not all(np.asarray(c).dtype.kind == "U" and np.asarray(c).size == 1 for c in cells):
+        raise ValueError(f"{key[0]}: '{var}' is a {cells.dtype} array of {cells.size} values, expected the frame "
+                         "names (a non-empty cell array of strings such as 'c1s1_000151')")
+    return tuple(str(np.asarray(c).reshape(-1)[0]) + ".jpg" for c in cells)
 
 
 def read_frame_names(root, split):
@@ -84,7 +98,7 @@ def read_frame_names(root, split):
 def _read_rows(key):
     """Raw [id, x, y, w, h] rows (np.ndarray[n, 5] float64) of an annotation file."""
     path = key[0]
-    mat = sio.loadmat(path)
+    mat = _loadmat(path, f"one of the variables {ANNOTATION_KEYS}")
     var = next((k for k in ANNOTATION_KEYS if k in mat), None)
     if var is None:
         found = sorted(k for k in mat if not k.startswith("__"))
@@ -136,7 +150,12 @@ def _parse_query_line(line, path, lineno):
 @functools.lru_cache(maxsize=4)
 def _read_queries(key):
     with open(key[0], "rb") as f:
-        text = f.read().decode("utf-8")
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{key[0]}: not a UTF-8 text file (byte {e.start}); expected lines 'id x y w h frame'") \
+            from None
     lines = [(i + 1, line.strip()) for i, line in enumerate(text.splitlines())]  # CRLF or LF
     return tuple(_parse_query_line(line, key[0], i) for i, line in lines if line)
 

@@ -18,11 +18,14 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
 import numpy as np
+
+from ..fileio import folder_write_problem
 
 logger = logging.getLogger(__name__)
 
@@ -629,6 +632,8 @@ def generate(out, fmt, seed=0, identities=DEFAULT_IDENTITIES, images=DEFAULT_IMA
 
     A previous dataset of the same layout in `out` is an error (FileExistsError) unless `overwrite`:
     then its files are replaced (a stale TestG100.mat, say, would otherwise survive a smaller dataset).
+    An `out` that cannot be a writable folder (a file, a read-only folder) is a ValueError before anything
+    is generated.
 
     Returns:
         dict: summary with "format", "root", "images", "train_images", "test_images", "boxes",
@@ -638,6 +643,9 @@ def generate(out, fmt, seed=0, identities=DEFAULT_IDENTITIES, images=DEFAULT_IMA
     from . import writers  # noqa: PLC0415 (the writers pull in scipy.io; keep the scene code light)
 
     out = os.fspath(out)
+    problem = folder_write_problem(out)
+    if problem:
+        raise ValueError(f"{out}: {problem} (expected a folder to write the dataset in)")
     data = build_scenes(fmt, seed, identities, images, size)
     _clear_layout(out, fmt, overwrite)
     scenes = data["scenes"]
@@ -685,14 +693,26 @@ def _positive(text):
     return value
 
 
+def _non_negative(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative integer")
+    return value
+
+
 def main(argv: Optional[list] = None):
+    """Command line; bad arguments exit with code 2: argparse's usage and error for malformed values, one
+    ``error: ...`` line naming the folder or value otherwise (never a traceback)."""
     parser = argparse.ArgumentParser(
         prog="python -m dcinet_d2.data.synthetic",
         description="Write a synthetic person-search dataset in the CUHK-SYSU or PRW layout.",
     )
     parser.add_argument("--out", required=True, help="dataset root to create")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_non_negative, default=0)
     parser.add_argument("--identities", type=_positive, default=DEFAULT_IDENTITIES,
                         help="labelled identities, training and test together")
     parser.add_argument("--images", type=_positive, default=DEFAULT_IMAGES)
@@ -701,8 +721,9 @@ def main(argv: Optional[list] = None):
     args = parser.parse_args(argv)
     try:
         s = generate(args.out, args.fmt, args.seed, args.identities, args.images, args.size, args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        parser.error(str(e))
+    except (ValueError, OSError) as e:  # OSError: a write that failed (a full disk, say)
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(
         f"{s['format']}: {s['images']} images ({s['train_images']} train, {s['test_images']} test), "
         f"{s['boxes']} boxes ({s['labelled_boxes']} labelled), {s['identities']} identities "

@@ -1,5 +1,6 @@
 """Person-search evaluation: the vectorised protocol core, each dataset's protocol, offline evaluation of a
-results file (``dcinet-eval``), the Detectron2 evaluator and plots."""
+results file (``dcinet-eval``), the Detectron2 evaluator, plots and the optional CBGM re-scoring."""
+from .cbgm import ContextMatching, cbgm_rescore
 from .evaluator import PersonSearchEvaluator, build_person_search_evaluator
 from .offline import evaluate_search_results, summarize
 from .plots import plot_cmc, plot_gallery_size_curve
@@ -15,6 +16,8 @@ from .protocol import (
 from .results import gallery_detections, load_results, save_results, validate_results
 
 __all__ = [
+    "ContextMatching",
+    "cbgm_rescore",
     "PersonSearchEvaluator",
     "build_person_search_evaluator",
     "evaluate_search_results",

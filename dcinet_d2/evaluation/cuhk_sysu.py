@@ -30,7 +30,7 @@ from .protocol import SearchProtocol
 logger = logging.getLogger(__name__)
 
 __all__ = ["GALLERY_SIZES", "FULL_SET", "gallery_images", "check_gallery_size", "search_protocol",
-           "labelled_boxes", "detection_ground_truth"]
+           "query_people", "labelled_boxes", "detection_ground_truth"]
 
 FULL_SET = -1
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, FULL_SET)
@@ -153,6 +153,21 @@ def _search_protocol(gallery_size, names, versions):
         if isinstance(value, np.ndarray):
             value.setflags(write=False)
     return protocol
+
+
+def query_people(root, gallery_size=100, image_names=None):
+    """Each query's image and box (the TestG file's), for CBGM's context (:mod:`.cbgm`).
+
+    Returns:
+        (np.ndarray[Q] int64: index of the query image in ``image_names`` (default: :func:`gallery_images`),
+        -1 if absent; np.ndarray[Q, 4] float64: the query box, XYXY absolute pixels).
+    """
+    check_gallery_size(root, gallery_size)
+    names = gallery_images(root) if image_names is None else list(image_names)
+    arrays = _checked_protocol(*_protocol_versions(root, 50 if gallery_size == FULL_SET else int(gallery_size)))
+    index = {n: i for i, n in enumerate(names)}
+    images = np.array([index.get(n, -1) for n in arrays["query_images"].tolist()], dtype=np.int64)
+    return images, arrays["query_boxes"].astype(np.float64).reshape(-1, 4)
 
 
 def _smallest_protocol(root):

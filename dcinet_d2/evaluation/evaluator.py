@@ -23,13 +23,16 @@ logger = logging.getLogger(__name__)
 
 class PersonSearchEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name, output_dir=None, *, gallery_sizes=(100,), det_thresh=0.5,
-                 save=True):
+                 save=True, cbgm=False, cbgm_k1=0, cbgm_k2=0):
         """
         Args:
             dataset_name: a gallery split registered by dcinet_d2.data (metadata: dataset_format, root).
             output_dir: where ``search_results.pth`` goes (None: not written).
             gallery_sizes: CUHK-SYSU gallery sizes to report; the first is reported as mAP / top1.
             det_thresh: detections below this score are ignored by the search and detection metrics.
+            cbgm: also report every search metric re-scored with CBGM (:mod:`.cbgm`), named with the suffix
+                ``@cbgm`` (``mAP@cbgm``, ``top1@gallery500@cbgm``, ...), beside the plain ones.
+            cbgm_k1, cbgm_k2: CBGM's k1, k2 (0: SeqNet's for the dataset format).
         """
         meta = MetadataCatalog.get(dataset_name)
         self._format, self._root = meta.dataset_format, meta.root
@@ -37,6 +40,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._output_dir = output_dir if save else None
         self._settings = self._protocol_settings(self._format, gallery_sizes)
         self._det_thresh = det_thresh
+        self._cbgm = {"cbgm": bool(cbgm), "cbgm_k1": cbgm_k1 or None, "cbgm_k2": cbgm_k2 or None}
         self.reset()
 
     def reset(self):
@@ -86,10 +90,12 @@ class PersonSearchEvaluator(DatasetEvaluator):
         metrics, outputs = {}, []
         for suffix, kwargs in self._settings:
             out = evaluate_search_results(results, self._format, self._root, det_thresh=self._det_thresh,
-                                          **kwargs)
+                                          **kwargs, **self._cbgm)
             outputs.append((suffix, kwargs, out))
             for key in ("mAP", "top1", "top5", "top10"):
                 metrics[key + suffix] = out[key]
+                if "cbgm" in out:
+                    metrics[key + suffix + "@cbgm"] = out["cbgm"][key]
         metrics.update({k: outputs[0][2][k] for k in ("det_ap", "det_recall") if k in outputs[0][2]})
         if self._output_dir:
             self._plot(outputs)
@@ -97,8 +103,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
 
     def _plot(self, outputs):
         """CMC curves of every setting; for CUHK-SYSU with several gallery sizes, mAP / top-1 against size."""
-        plot_cmc({suffix.lstrip("@") or "headline": out["cmc"] for suffix, _, out in outputs},
-                 os.path.join(self._output_dir, "cmc.png"), title=f"CMC: {self._dataset_name}")
+        curves = {suffix.lstrip("@") or "headline": out["cmc"] for suffix, _, out in outputs}
+        curves.update({(suffix.lstrip("@") or "headline") + " + CBGM": out["cbgm"]["cmc"]
+                       for suffix, _, out in outputs if "cbgm" in out})
+        plot_cmc(curves, os.path.join(self._output_dir, "cmc.png"), title=f"CMC: {self._dataset_name}")
         if self._format == "cuhk_sysu" and len(outputs) > 1:
             plot_gallery_size_curve({kw["gallery_size"]: out for _, kw, out in outputs},
                                     os.path.join(self._output_dir, "gallery_size.png"))
@@ -117,7 +125,8 @@ def build_person_search_evaluator(cfg, dataset_name, output_dir):
     """The evaluators of a gallery split: search metrics, plus COCO-style AP unless boxes are given."""
     ps = cfg.TEST.PERSON_SEARCH
     evaluators = [PersonSearchEvaluator(dataset_name, output_dir, gallery_sizes=ps.GALLERY_SIZES,
-                                        det_thresh=ps.DET_THRESH, save=ps.SAVE_RESULTS)]
+                                        det_thresh=ps.DET_THRESH, save=ps.SAVE_RESULTS, cbgm=ps.CBGM,
+                                        cbgm_k1=ps.CBGM_K1, cbgm_k2=ps.CBGM_K2)]
     if ps.COCO_AP and not (ps.GT_BOXES or ps.WHOLE_IMAGE):
         evaluators.append(GalleryCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
                                                output_dir=output_dir, use_fast_impl=False))

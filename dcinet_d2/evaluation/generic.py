@@ -13,7 +13,7 @@ import numpy as np
 from ..data.generic import read_search_json
 from .protocol import SearchProtocol
 
-__all__ = ["gallery_images", "search_protocol", "detection_ground_truth"]
+__all__ = ["gallery_images", "search_protocol", "query_people", "detection_ground_truth"]
 
 
 def _gallery(json_file):
@@ -63,6 +63,30 @@ def search_protocol(json_file, image_names=None):
         query_images.append(gallery_index.get(image_id, -1))
         ground_truth.append(first_box.get(identity, []))
     return SearchProtocol.every_other_image(len(images), query_images, ground_truth)
+
+
+def query_people(json_file, image_names=None):
+    """Each query's image and box, for CBGM's context (:mod:`.cbgm`).
+
+    Returns:
+        (np.ndarray[Q] int64: gallery index of the query's image, -1 if it is not a gallery image (a "query"
+        image: CBGM then leaves the query unchanged); np.ndarray[Q, 4] float64: the query box, XYXY,
+        clipped as the ground truth is).
+    """
+    parsed, images, names = _gallery(json_file)
+    if image_names is not None and list(image_names) != names:
+        raise ValueError(f"{json_file}: image_names differ from the gallery images of the file")
+    gallery_index = {img["id"]: i for i, img in enumerate(images)}
+    by_id = {img["id"]: img for img in parsed["images"]}
+    query_images, boxes = [], []
+    for q, ann_id in enumerate(parsed["queries"]):
+        if ann_id not in parsed["ann_index"]:
+            raise ValueError(f"{json_file}: query {q}: unknown annotation id {ann_id!r}")
+        image_id = parsed["ann_index"][ann_id]
+        annotation = [a for a in parsed["annotations"][image_id] if a[0] == ann_id][:1]
+        boxes.append(_boxes(by_id[image_id], annotation)[0][0])
+        query_images.append(gallery_index.get(image_id, -1))
+    return np.asarray(query_images, dtype=np.int64), np.reshape(boxes, (-1, 4)).astype(np.float64)
 
 
 def detection_ground_truth(json_file, image_names=None, labeled=False):

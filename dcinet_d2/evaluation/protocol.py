@@ -624,7 +624,7 @@ def _tally(pq, ps, n_ge, rank, n_q):
     return precision_sum, count_tp, np.where(count_tp > 0, best, -1)
 
 
-def _score_pairs(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1):
+def _score_pairs(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1, rescore=None):
     """Queries q0..q1-1 scored pair by pair (sparse galleries; exact tie-breaking): see :func:`_tally`."""
     n_q = q1 - q0
     entry_query, entry_image, entry_gt = protocol.entries(q0, q1)
@@ -639,6 +639,8 @@ def _score_pairs(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, 
     query_first_pair = _csr_offsets(query_pairs)[:-1]
     sim = _pair_similarities(query_emb[q0:q1], gallery_emb, entry_query, entry_image, entry_first_pair, starts,
                              counts, n_pairs)
+    if rescore is not None:
+        sim = rescore.pairs(gallery, gallery_emb, pair_query + q0, det, sim)
 
     holding = np.nonzero(~np.isnan(entry_gt[:, 0]))[0]
     holds = _ranges(entry_first_pair[holding], n_e[holding])  # pairs in images holding the person
@@ -658,7 +660,7 @@ def _score_pairs(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, 
     return _tally(pq, ps, n_ge, rank, n_q)
 
 
-def _score_dense(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1):
+def _score_dense(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1, rescore=None):
     """Queries q0..q1-1 scored on the full similarity matrix (galleries holding most images).
 
     Returns None when a true positive ties with another detection: the caller then uses
@@ -666,6 +668,8 @@ def _score_dense(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, 
     """
     member = protocol.image_mask(q0, q1)
     sims = query_emb[q0:q1] @ gallery_emb.T
+    if rescore is not None:
+        rescore.dense(gallery, gallery_emb, q0, sims, member[:, gallery.image_index])
     gq, gimg, gbox = protocol.ground_truth(q0, q1)
     keep = member[gq - q0, gimg]
     gq, gimg, gbox = gq[keep] - q0, gimg[keep], gbox[keep]
@@ -684,7 +688,7 @@ def _score_dense(gallery, gallery_emb, starts, counts, query_emb, protocol, q0, 
 
 
 def evaluate_search(gallery, query_embeddings, protocol, *, det_thresh=0.5, topk=TOPK, cmc_max_rank=100,
-                    pairs_per_chunk=PAIRS_PER_CHUNK, strategy="auto"):
+                    pairs_per_chunk=PAIRS_PER_CHUNK, strategy="auto", rescore=None):
     """The field's person-search metrics (see the module docstring).
 
     Args:
@@ -697,6 +701,12 @@ def evaluate_search(gallery, query_embeddings, protocol, *, det_thresh=0.5, topk
         pairs_per_chunk (int): memory bound (queries are scored in chunks of about this many pairs).
         strategy (str): "dense" (full similarity matrix), "pairs" (pair by pair) or "auto" (dense when the
             galleries hold most images). Both give the same numbers; they differ in speed.
+        rescore (object or None): changes similarities before true positives and ranks are found, e.g.
+            CBGM (:class:`~dcinet_d2.evaluation.cbgm.ContextMatching`). It has ``pairs(gallery, gallery_emb,
+            pair_query, pair_det, sim) -> sim`` (a chunk's pairs [P]: global query index, row of the
+            thresholded ``gallery``) and ``dense(gallery, gallery_emb, q0, sims, member)`` (re-scores
+            ``sims`` [Qc, G] in place; ``member`` [Qc, G] bool: the pairs searched). A chunk always holds
+            whole queries, so a query's whole gallery is re-scored at once.
     Returns:
         SearchMetrics.
     """
@@ -727,7 +737,7 @@ def evaluate_search(gallery, query_embeddings, protocol, *, det_thresh=0.5, topk
     dense = n_dets > 0 and n_q > 0 and (protocol.rest or float(np.mean(estimate)) >= DENSE_FRACTION * n_dets)
     dense = dense if strategy == "auto" else strategy == "dense"
     for q0, q1 in _chunks(np.full(n_q, n_dets) if dense else estimate, pairs_per_chunk):
-        args = (gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1)
+        args = (gallery, gallery_emb, starts, counts, query_emb, protocol, q0, q1, rescore)
         scored = _score_dense(*args) if dense else None
         precision_sum[q0:q1], count_tp[q0:q1], first_rank[q0:q1] = scored or _score_pairs(*args)
 

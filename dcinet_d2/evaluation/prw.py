@@ -12,7 +12,7 @@ import numpy as np
 from ..data.prw import camera_id, read_annotation, read_frame_names, read_queries
 from .protocol import SearchProtocol
 
-__all__ = ["gallery_images", "frame_annotations", "search_protocol", "detection_ground_truth"]
+__all__ = ["gallery_images", "frame_annotations", "search_protocol", "query_people", "detection_ground_truth"]
 
 
 def gallery_images(root):
@@ -48,6 +48,20 @@ def search_protocol(root, cross_camera=False, image_names=None):
         query_groups = [camera_id(q["query_image"]) for q in queries]
     return SearchProtocol.every_other_image(len(names), query_images, ground_truth, image_groups=groups,
                                             query_groups=query_groups)
+
+
+def query_people(root, image_names=None):
+    """Each query's frame and box (query_info.txt), for CBGM's context (:mod:`.cbgm`).
+
+    Returns:
+        (np.ndarray[Q] int64: index of the query frame in ``image_names`` (default: :func:`gallery_images`),
+        -1 if absent; np.ndarray[Q, 4] float64: the query box, XYXY absolute pixels).
+    """
+    names = gallery_images(root) if image_names is None else list(image_names)
+    index = {n: i for i, n in enumerate(names)}
+    queries = read_queries(root)
+    images = np.array([index.get(q["query_image"], -1) for q in queries], dtype=np.int64)
+    return images, np.array([q["query_box"] for q in queries], dtype=np.float64).reshape(-1, 4)
 
 
 def detection_ground_truth(root, image_names=None, labeled=False):

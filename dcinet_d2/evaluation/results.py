@@ -6,10 +6,13 @@
                                    "embeddings": FloatTensor[N, D]}},
      "queries": FloatTensor[Q, D]}
 
-Other top-level keys are kept and ignored.
+Other top-level keys are kept and ignored. Evaluation (:func:`gallery_detections`) refuses boxes with
+x2 < x1 or y2 < y1 (XYWH boxes written as XYXY would otherwise score 0 everywhere) and L2-normalises
+embeddings that are not of unit length, with one warning (the protocol's similarity is a dot product).
 """
 import logging
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["save_results", "load_results", "validate_results", "gallery_detections"]
 
 _FIELDS = ("boxes", "scores", "embeddings")
+_NORM_TOLERANCE = 1e-3  # as the gallery index's (dcinet_d2/search/index.py)
 
 
 def _as_tensor(value, where, source, check_finite=True):
@@ -110,22 +114,44 @@ def load_results(path, check_finite=True):
     Raises:
         FileNotFoundError: no such file. ValueError: not a results file (the message names the file).
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder, expected a results file (torch.save of the results dict)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: results file not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), expected a results file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before it refuses them
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, unpickling errors) for foreign files
         raise ValueError(f"{path}: not a results file readable with torch.load(weights_only=True): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                         f"{type(e).__name__}: {_first_sentence(e)}{_pickle_hint(path)}") from None
     return validate_results(data, source=str(path), check_finite=check_finite)
+
+
+def _first_sentence(error):
+    """The first sentence of an exception's message (torch appends paragraphs of advice)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text.split(". ")[0].rstrip(".")
+
+
+def _pickle_hint(path):
+    """A hint when a file is a plain pickle (pickle.dump) rather than a torch.save file."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return " (a plain pickle file? write it with torch.save or save_results)" if head[:1] == b"\x80" else ""
 
 
 def gallery_detections(results, image_names, source="results"):
     """The gallery of a validated results dict as :class:`GalleryDetections` over ``image_names``.
 
     Gallery images absent from the results have no detection (one warning with their count); results of
-    images outside ``image_names`` are ignored (one warning). ValueError if none of the images is present
-    or if a value is NaN or infinite (naming the image).
+    images outside ``image_names`` are ignored (one warning). ValueError if none of the images is present,
+    if a value is NaN or infinite (naming the image) or if a box has x2 < x1 or y2 < y1 (boxes must be XYXY:
+    XYWH boxes would silently score 0). Gallery and query embeddings whose L2 norm differs from 1 by more
+    than 1e-3 are normalised, with one warning each naming ``source`` (all-zero rows stay zero): the
+    protocol ranks by dot product, which is the cosine only for unit vectors.
 
     Returns:
         (GalleryDetections, np.ndarray[Q, D] float32 query embeddings)
@@ -157,6 +183,32 @@ def gallery_detections(results, image_names, source="results"):
         if bad.any():
             name = image_names[image_index[np.argmax(bad)]]
             raise ValueError(f"{source}: gallery['{name}']['{key}'] holds NaN or infinite values")
+    _check_xyxy(boxes, lambda row: image_names[image_index[row]], source)
+    embeddings = _unit_rows(embeddings, "gallery embeddings", source)
+    queries = _unit_rows(queries, "query embeddings", source)
     dets = GalleryDetections(boxes=boxes, scores=scores, embeddings=embeddings, image_index=image_index,
                              num_images=len(image_names))
     return dets, queries
+
+
+def _check_xyxy(boxes, image_of_row, source):
+    """ValueError naming the first image with a box of x2 < x1 or y2 < y1 (e.g. XYWH boxes)."""
+    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        row = int(np.argmax(bad))
+        box = [round(float(v), 2) for v in boxes[row]]
+        raise ValueError(f"{source}: {int(bad.sum())} of {len(boxes)} gallery boxes have x2 < x1 or y2 < y1 (e.g. "
+                         f"gallery['{image_of_row(row)}']['boxes'] {box}): expected XYXY absolute pixels (were "
+                         "XYWH boxes written?)")
+
+
+def _unit_rows(values, what, source):
+    """``values`` [N, D] with every non-zero row scaled to unit L2 norm; one warning if any was not."""
+    norms = np.linalg.norm(values, axis=1)
+    off = np.abs(norms - 1) > _NORM_TOLERANCE
+    if not off.any():
+        return values
+    logger.warning("%s: %d of %d %s are not L2-normalised (norms %.3g to %.3g): normalised (the similarity is "
+                   "a dot product)", source, int(off.sum()), len(values), what, float(norms[off].min()),
+                   float(norms[off].max()))
+    return (values / np.where(norms > 0, norms, 1)[:, None]).astype(np.float32)

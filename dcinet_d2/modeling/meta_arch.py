@@ -15,6 +15,17 @@ from .query import embed_boxes
 
 @META_ARCH_REGISTRY.register()
 class PersonSearchRCNN(GeneralizedRCNN):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Before any part loads: DC-I-Net's re-id stage copies pretrained weights found elsewhere in the
+        # model's checkpoint (the box head's res5, the backbone's conv5), which its own hook could not see.
+        self._register_load_state_dict_pre_hook(self._init_reid_stage)
+
+    def _init_reid_stage(self, state_dict, prefix, *args):
+        init = getattr(self.roi_heads, "init_reid_stage_from_pretrained", None)
+        if init is not None:
+            init(state_dict, prefix)
+
     def inference(self, batched_inputs, detected_instances=None, do_postprocess=True):
         given = [i for i, x in enumerate(batched_inputs) if "boxes" in x]
         if detected_instances is not None or not given:

@@ -63,8 +63,12 @@ class EmbeddingProjection(nn.Module):
             if self.norm == "batch":
                 return F.normalize(self.bn(x), dim=1)
             with torch.no_grad():  # update the running statistics only
+                # The first batch sets them: from the initial unit variance, the tiny projections of a fresh
+                # head would be L2-normalised from a norm near 0, and their gradient (1 / norm) wrecked the
+                # pretrained backbone in the first steps (measured: re-id gradient norm 1200 at step 10).
+                first = int(self.bn.num_batches_tracked) == 0
                 F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=True,
-                             momentum=self.bn.momentum, eps=self.bn.eps)
+                             momentum=1.0 if first else self.bn.momentum, eps=self.bn.eps)
                 self.bn.num_batches_tracked += 1
         x = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
         return F.normalize(x, dim=1)
@@ -118,7 +122,32 @@ class MobileNetV2ReIDHead(nn.Module):
         return self.embed(self.reid_stage5(x))
 
 
-REID_HEADS = {"Res5": Res5ReIDHead, "Conv": ConvReIDHead, "MobileNetV2": MobileNetV2ReIDHead}
+class VGG16Conv5ReIDHead(nn.Module):
+    """DC-I-Net's re-id head on VGG16: its own copy of the pretrained conv5 block, fed from conv4_3 as the
+    backbone feeds it (pool4, conv5_1..conv5_3 with ReLU), so that the re-identifier is as deep in
+    pretrained layers as the detector (DCINetROIHeads copies the backbone's conv5 weights here).
+    [R, 512, S, S] pooled from "vgg_conv4" (stride 8) -> [R, D]."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        super().__init__()
+        from .vgg import VGG16_LAYERS
+
+        if input_shape.channels != 512 or input_shape.stride != 8:
+            raise ValueError("MODEL.REID.HEAD VGG16Conv5 pools conv4_3 (MODEL.REID.IN_FEATURES ['vgg_conv4']: 512 "
+                             f"channels, stride 8), got {input_shape.channels} channels at stride {input_shape.stride}")
+        norm = cfg.MODEL.REID.NORM if cfg.MODEL.VGG.NORM else ""  # the ImageNet VGG16 has no normalisation
+        self.reid_conv5 = nn.Sequential()
+        for name in VGG16_LAYERS[4]:
+            self.reid_conv5.add_module(name, Conv2d(512, 512, 3, padding=1, bias=not norm, norm=get_norm(norm, 512),
+                                                    activation=F.relu))
+        self.embed = EmbeddingProjection(512, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM)
+
+    def forward(self, x):
+        return self.embed(self.reid_conv5(F.max_pool2d(x, kernel_size=2, stride=2)))
+
+
+REID_HEADS = {"Res5": Res5ReIDHead, "Conv": ConvReIDHead, "MobileNetV2": MobileNetV2ReIDHead,
+              "VGG16Conv5": VGG16Conv5ReIDHead}
 
 
 def build_reid_head(cfg, input_shape: ShapeSpec) -> nn.Module:

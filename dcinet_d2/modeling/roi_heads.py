@@ -124,27 +124,31 @@ class DCINetROIHeads(ReIDROIHeads):
         self.boxes_per_image = boxes_per_image
         self.add_gt_boxes = add_gt_boxes
         self.detach_backbone = detach_backbone
-        self._register_load_state_dict_pre_hook(self._init_reid_res5_from_box_head)
 
-    # (re-id head stage, box head stage) pairs that start from the same pretrained weights.
-    _SHARED_INIT = (("reid_res5", "res5"), ("reid_stage5", "stage5"))
+    # (re-id head stage, where its pretrained weights sit in the model) pairs that start from the same
+    # pretrained weights: a ResNet res5 and MobileNetV2's stride-32 blocks from the box head's, VGG16's
+    # conv5 block from the backbone's.
+    _SHARED_INIT = (("reid_res5", "roi_heads.box_head.res5"), ("reid_stage5", "roi_heads.box_head.stage5"),
+                    ("reid_conv5", "backbone"))
 
-    def _init_reid_res5_from_box_head(self, state_dict, prefix, *args):
-        """A checkpoint without re-id head weights (ImageNet) initialises the re-id head's stage (a ResNet
-        res5 or MobileNetV2's stride-32 blocks) with the box head's, so that both heads start from the
-        pretrained stage (METHOD.md: DC-I-Net's re-id head is a separate res5)."""
+    def init_reid_stage_from_pretrained(self, state_dict, root=""):
+        """Called with the whole model's ``state_dict`` before it loads (PersonSearchRCNN's load hook): a
+        checkpoint without re-id head weights (ImageNet) initialises the re-id head's pretrained stage from
+        the same weights as the detector's (METHOD.md: DC-I-Net's re-id head is a separate res5). ``root``:
+        the model's key prefix."""
+        prefix = f"{root}roi_heads."
         if any(k.startswith(prefix + "reid_head.") for k in state_dict):
             return
-        for reid_name, box_name in self._SHARED_INIT:
+        for reid_name, source in self._SHARED_INIT:
             if not hasattr(self.reid_head, reid_name):
                 continue
-            src, dst = prefix + f"box_head.{box_name}.", prefix + f"reid_head.{reid_name}."
-            copied = {dst + k[len(src):]: v for k, v in state_dict.items() if k.startswith(src)}
+            src, dst = f"{root}{source}.", prefix + f"reid_head.{reid_name}."
             own = getattr(self.reid_head, reid_name).state_dict()
-            if copied and all(k[len(dst):] in own and own[k[len(dst):]].shape == v.shape for k, v in copied.items()):
+            copied = {dst + k[len(src):]: v for k, v in state_dict.items()
+                      if k.startswith(src) and k[len(src):] in own}
+            if copied and all(own[k[len(dst):]].shape == v.shape for k, v in copied.items()):
                 state_dict.update(copied)
-                logger.info("re-id head %s initialised from the box head's %s (%d tensors)", reid_name, box_name,
-                            len(copied))
+                logger.info("re-id head %s initialised from %s (%d tensors)", reid_name, source, len(copied))
 
     @classmethod
     def from_config(cls, cfg, input_shape):

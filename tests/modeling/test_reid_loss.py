@@ -257,10 +257,14 @@ def test_default_hard_bound_leaves_the_random_fill_room(base_cfg):
     sims = torch.randn(6, 5532, generator=torch.Generator().manual_seed(0))
     bound = cfg.MODEL.REID.HEP.HARD_PER_SAMPLE
     assert bound > 0 and cfg.MODEL.REID.C2HEP.HARD_PER_SAMPLE == bound  # 0 would mean "no limit"
-    top = set(sims.topk(bound + 1, dim=1).indices.flatten().tolist())
-    pool = select_priority_pool(labels, sims, 100, hard_per_sample=bound)
-    outside = [c for c in pool.tolist() if c not in top and c not in labels.tolist()]
-    assert len(pool) == 100 and len(outside) >= 100 - 4 - 6 * 5  # the random fill ran
+    masked = sims.clone()
+    masked[:, labels.unique()] = -float("inf")  # the batch's own classes are not negatives
+    hard = set(masked.topk(bound, dim=1).indices.flatten().tolist())  # each sample's `bound` hardest
+    pool = select_priority_pool(labels, sims, 100, torch.Generator().manual_seed(1), hard_per_sample=bound)
+    # Labels first, then exactly the bounded hard classes, then at least 100 - 4 - 6 * 5 random ones.
+    assert len(pool) == 100 and set(pool[:4].tolist()) == set(labels.tolist())
+    assert set(pool[4:4 + len(hard)].tolist()) == hard and len(hard) <= 6 * bound
+    assert len(pool) - 4 - len(hard) >= 100 - 4 - 6 * bound  # the random fill ran
     unbounded = select_priority_pool(labels, sims, 100, hard_per_sample=None)
     top_all = set(sims.topk(100, dim=1).indices.flatten().tolist())
     assert set(unbounded.tolist()) <= top_all | set(labels.tolist())
