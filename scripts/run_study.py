@@ -291,10 +291,14 @@ def main(argv=None):
     if args.action in ("table", "all"):
         print(write_table(study))
     if args.action in ("plot", "all"):
-        if study.get("curves"):
-            plot_curves(study, os.path.join(study["out"], "curves.png"))
-        if study.get("gallery_sizes"):
-            plot_gallery_sizes(study, os.path.join(study["out"], "gallery_size.png"))
+        try:
+            if study.get("curves"):
+                plot_curves(study, os.path.join(study["out"], "curves.png"))
+            if study.get("gallery_sizes"):
+                plot_gallery_sizes(study, os.path.join(study["out"], "gallery_size.png"))
+        except (OSError, ValueError) as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
     return 1 if failed else 0
 
 

@@ -94,8 +94,9 @@ def test_a_tiny_study_trains_skips_done_runs_and_tabulates(tmp_path):
     data = tmp_path / "datasets" / "synthetic_cuhk_sysu"
     env = dict(os.environ, DCINET_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="2")
     subprocess.run([sys.executable, "-m", "dcinet_d2.data.synthetic", "--out", str(data), "--format", "cuhk_sysu",
-                    "--images", "24", "--identities", "6", "--seed", "0"], cwd=ROOT, env=env, check=True)
-    path = _study(tmp_path, seeds=[1, 2], opts=["SOLVER.MAX_ITER", 4, "SOLVER.WARMUP_ITERS", 1],
+                    "--images", "60", "--identities", "8", "--seed", "0"], cwd=ROOT, env=env, check=True)
+    path = _study(tmp_path, seeds=[1, 2], opts=["SOLVER.MAX_ITER", 4, "SOLVER.WARMUP_ITERS", 1,
+                                                   "TEST.PERSON_SEARCH.GALLERY_SIZES", "[50]"],
                   curves=["a"], gallery_sizes=[50, -1])
     study = run_study.load_study(path)
     study_file = yaml.safe_load(open(path))
