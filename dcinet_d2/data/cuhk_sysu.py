@@ -24,6 +24,7 @@ import numpy as np
 import scipy.io as sio
 
 from .generic import build_dataset_dicts, register_splits, set_num_identities
+from .matfile import load_mat
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,7 @@ def _file_key(path, what):
 def _load_key(path, key):
     """The variable ``key`` of a .mat file (only it is read); ValueError naming the file and the key if the
     file is not a readable .mat file (not one at all, truncated, empty) or has no such variable."""
-    try:
-        mat = sio.loadmat(path, variable_names=[key])
-    except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, OSError, IndexError, ... for bad files
-        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}); expected one "
-                         f"with the variable '{key}'") from None
+    mat = load_mat(path, f"the variable '{key}'", [key])
     if key not in mat:
         found = sorted(name for name, _, _ in sio.whosmat(path))
         raise ValueError(f"{path}: no variable '{key}' (found {found})")

@@ -18,9 +18,9 @@ import os
 import re
 
 import numpy as np
-import scipy.io as sio
 
 from .generic import build_dataset_dicts, register_splits, contiguous_ids, set_num_identities
+from .matfile import load_mat
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +60,9 @@ def camera_id(name):
     return int(match.group(1))
 
 
-def _loadmat(path, expected):
-    """``scipy.io.loadmat(path)``; ValueError naming the file and what it should hold if it is not a readable
-    .mat file (not one at all, truncated, empty)."""
-    try:
-        return sio.loadmat(path)
-    except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, OSError, IndexError, ... for bad files
-        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e}); expected one "
-                         f"with {expected}") from None
-
-
 @functools.lru_cache(maxsize=4)
 def _read_frame_names(key, var):
-    mat = _loadmat(key[0], f"the variable '{var}'")
+    mat = load_mat(key[0], f"the variable '{var}'")
     if var not in mat:
         raise ValueError(f"{key[0]}: no variable '{var}' (found {sorted(k for k in mat if not k.startswith('__'))})")
     cells = mat[var].reshape(-1)
@@ -98,7 +88,7 @@ def read_frame_names(root, split):
 def _read_rows(key):
     """Raw [id, x, y, w, h] rows (np.ndarray[n, 5] float64) of an annotation file."""
     path = key[0]
-    mat = _loadmat(path, f"one of the variables {ANNOTATION_KEYS}")
+    mat = load_mat(path, f"one of the variables {ANNOTATION_KEYS}")
     var = next((k for k in ANNOTATION_KEYS if k in mat), None)
     if var is None:
         found = sorted(k for k in mat if not k.startswith("__"))
