@@ -47,30 +47,22 @@ def _empty(path):
 CORRUPTIONS = {"not a .mat": _not_a_mat, "truncated": _truncated, "empty": _empty}
 
 
-@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("name", sorted(CUHK_FILES))
-def test_cuhk_sysu_unreadable_mat(tmp_path, name, corruption):
-    root = fx.write_toy_cuhk(tmp_path)
-    key, split = CUHK_FILES[name]
-    CORRUPTIONS[corruption](tmp_path / name)
-    with pytest.raises(ValueError) as e:
-        load_cuhk_sysu(root, split)
-    message = str(e.value)
-    assert message.startswith(str(tmp_path / name)) and "not a readable MATLAB .mat file" in message
-    assert f"'{key}'" in message and "\n" not in message
+# (toy tree writer, loader, its files) per dataset format.
+MAT_DATASETS = {"cuhk_sysu": (fx.write_toy_cuhk, load_cuhk_sysu, CUHK_FILES), "prw": (fx.write_toy_prw, load_prw, PRW_FILES)}
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("name", sorted(PRW_FILES))
-def test_prw_unreadable_mat(tmp_path, name, corruption):
-    root = fx.write_toy_prw(tmp_path)
-    key, split = PRW_FILES[name]
+@pytest.mark.parametrize("dataset, name", [(d, n) for d, (_, _, files) in MAT_DATASETS.items() for n in sorted(files)])
+def test_unreadable_mat(tmp_path, dataset, name, corruption):
+    write, load, files = MAT_DATASETS[dataset]
+    root = write(tmp_path)
+    key, split = files[name]
     CORRUPTIONS[corruption](tmp_path / name)
     with pytest.raises(ValueError) as e:
-        load_prw(root, split)
+        load(root, split)
     message = str(e.value)
     assert message.startswith(str(tmp_path / name)) and "not a readable MATLAB .mat file" in message
-    assert key in message and "\n" not in message
+    assert (f"'{key}'" if dataset == "cuhk_sysu" else key) in message and "\n" not in message
 
 
 @pytest.mark.parametrize("name, content, expected", [
