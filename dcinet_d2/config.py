@@ -137,6 +137,12 @@ def add_dcinet_config(cfg):
 
     # Learning rate of the backbone's parameters relative to SOLVER.BASE_LR (1.0: Detectron2's optimizer).
     cfg.SOLVER.BACKBONE_LR_FACTOR = 1.0
+    # Learning rate of the re-id embedding projections (the Linear before the normalisation) relative to
+    # SOLVER.BASE_LR. The embedding is L2-normalised, so its function ignores the weight's scale while a step
+    # moves it by lr / |w|^2 in direction: at std-0.01 initial weights and lr 0.01 the features drift faster
+    # than the OLP dictionary and the C2HEP centers can follow (memory losses above uniform); see
+    # configs/cpu/Base-CPU-MobileNetV2.yaml for the measurements. 1.0: every parameter alike (the paper).
+    cfg.SOLVER.EMBED_LR_FACTOR = 1.0
 
     cfg.TEST.PERSON_SEARCH = CN()
     # Detections with score below this are dropped before search and detection metrics (field: 0.5).

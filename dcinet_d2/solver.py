@@ -1,23 +1,47 @@
-"""The optimizer of train_net.py: Detectron2's, with SOLVER.BACKBONE_LR_FACTOR on the backbone's parameters."""
+"""The optimizer of train_net.py: Detectron2's, with SOLVER.BACKBONE_LR_FACTOR on the backbone's parameters and
+SOLVER.EMBED_LR_FACTOR on the re-id embedding projections."""
+from typing import List
+
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from .modeling.reid_head import EmbeddingProjection
 
 __all__ = ["build_optimizer"]
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Detectron2's SGD (same parameter groups, momentum, weight decay, clipping), each backbone parameter's
-    learning rate multiplied by SOLVER.BACKBONE_LR_FACTOR (the LR scheduler scales every group alike)."""
+    """Detectron2's SGD (same parameter groups, momentum, weight decay, clipping), the learning rate of each
+    backbone parameter multiplied by SOLVER.BACKBONE_LR_FACTOR and of each embedding projection's by
+    SOLVER.EMBED_LR_FACTOR (the LR scheduler scales every group alike)."""
     params = get_default_optimizer_params(
         model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
     backbone = getattr(model, "backbone", None)
-    factor = cfg.SOLVER.BACKBONE_LR_FACTOR
-    if backbone is not None and factor != 1.0:
-        ids = {id(p) for p in backbone.parameters()}
-        for group in params:
-            if any(id(p) in ids for p in group["params"]):
-                group["lr"] = group.get("lr", cfg.SOLVER.BASE_LR) * factor
+    if backbone is not None:
+        params = _scale_lr(params, backbone.parameters(), cfg.SOLVER.BACKBONE_LR_FACTOR)
+    embeddings = [p for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()]
+    params = _scale_lr(params, embeddings, cfg.SOLVER.EMBED_LR_FACTOR)
     return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
         params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+
+def _scale_lr(groups: List[dict], parameters, factor: float) -> List[dict]:
+    """The parameter groups with the learning rate of `parameters` multiplied by `factor`.
+
+    Detectron2 merges parameters with equal hyper-parameters into one group, so a group is split into the
+    parameters to scale and the others (scaling the whole group would scale, e.g., the RPN with the backbone).
+    """
+    if factor == 1.0:
+        return groups
+    ids = {id(p) for p in parameters}
+    out = []
+    for group in groups:
+        scaled = [p for p in group["params"] if id(p) in ids]
+        kept = [p for p in group["params"] if id(p) not in ids]
+        if kept:
+            out.append({**group, "params": kept})
+        if scaled:
+            out.append({**group, "params": scaled, "lr": group["lr"] * factor})
+    return out
