@@ -34,6 +34,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("run_study")
 METRICS = (("mAP", "search/mAP"), ("top-1", "search/top1"), ("det AP", "search/det_ap"))
+# Columns shown when the runs evaluated with TEST.PERSON_SEARCH.CBGM (same models, re-scored).
+CBGM_METRICS = (("mAP CBGM", "search/mAP@cbgm"), ("top-1 CBGM", "search/top1@cbgm"))
 
 
 def load_study(path):
@@ -118,7 +120,7 @@ def gather(study):
     """{run name: {"seeds": [...], metric label: [values], "train min": [...]}} over the done seeds."""
     table = {}
     for run in study["runs"]:
-        entry = {"seeds": [], "train min": [], **{label: [] for label, _ in METRICS}}
+        entry = {"seeds": [], "train min": [], **{label: [] for label, _ in METRICS + CBGM_METRICS}}
         for seed in study["seeds"]:
             done = os.path.join(run_dir(study, run, seed), "done.json")
             if not os.path.isfile(done):
@@ -127,7 +129,7 @@ def gather(study):
                 info = json.load(f)
             entry["seeds"].append(seed)
             entry["train min"].append(info["wall_s"] / 60)
-            for label, key in METRICS:
+            for label, key in METRICS + CBGM_METRICS:
                 entry[label].append(info["metrics"].get(key, float("nan")))
         table[run["name"]] = entry
     return table
@@ -148,6 +150,7 @@ def write_table(study):
 
     table = gather(study)
     labels = [label for label, _ in METRICS]
+    labels += [label for label, _ in CBGM_METRICS if any(np.isfinite(e[label]).any() for e in table.values())]
     md = io.StringIO()
     md.write("| run | row | seeds | " + " | ".join(labels) + " | train min | paper mAP / top-1 |\n")
     md.write("|---" * (len(labels) + 5) + "|\n")

@@ -20,6 +20,19 @@ from .results import save_results
 
 logger = logging.getLogger(__name__)
 
+# Above this mean cosine between gallery detections the embeddings have collapsed (all boxes look alike).
+COLLAPSED_COSINE = 0.95
+
+
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """Mean cosine similarity over the n (n - 1) ordered pairs of distinct rows of L2-normalised
+    ``embeddings`` [n, D], from their sum: |sum e|^2 = n + sum over pairs of e_i . e_j. NaN when n < 2."""
+    n = embeddings.shape[0]
+    if n < 2:
+        return float("nan")
+    total = embeddings.double().sum(dim=0)
+    return float((total @ total - n) / (n * (n - 1)))
+
 
 class PersonSearchEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name, output_dir=None, *, gallery_sizes=(100,), det_thresh=0.5,
@@ -97,9 +110,20 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 if "cbgm" in out:
                     metrics[key + suffix + "@cbgm"] = out["cbgm"][key]
         metrics.update({k: outputs[0][2][k] for k in ("det_ap", "det_recall") if k in outputs[0][2]})
+        metrics["embed_mean_cos"] = self._embedding_spread(results)
         if self._output_dir:
             self._plot(outputs)
         return metrics
+
+    def _embedding_spread(self, results) -> float:
+        """Mean cosine between the gallery's detections above det_thresh; warns when they have collapsed."""
+        kept = [g["embeddings"][g["scores"] >= self._det_thresh] for g in results["gallery"].values()]
+        cos = mean_pairwise_cosine(torch.cat(kept)) if kept else float("nan")
+        if cos > COLLAPSED_COSINE:
+            logger.warning("%s: the re-id embeddings have collapsed: mean cosine %.3f between gallery detections "
+                           "(1 = all alike), so the search metrics are near chance; the model's re-id branch did "
+                           "not learn", self._dataset_name, cos)
+        return cos
 
     def _plot(self, outputs):
         """CMC curves of every setting; for CUHK-SYSU with several gallery sizes, mAP / top-1 against size."""

@@ -53,6 +53,23 @@ def test_table_gives_mean_and_sample_spread_over_the_done_seeds(tmp_path):
     assert rows[("b", "top-1")]["seeds"] == "1" and rows[("b", "top-1")]["std"] == ""
 
 
+def test_table_adds_cbgm_columns_when_the_runs_report_them(tmp_path):
+    study = run_study.load_study(_study(tmp_path))
+    for seed, m in zip((1, 2), (40.0, 50.0)):
+        _fake_run(study, "a", seed, [(200, m)])
+        metrics_file = os.path.join(run_study.run_dir(study, {"name": "a"}, seed), "done.json")
+        with open(metrics_file) as f:
+            done = json.load(f)
+        done["metrics"].update({"search/mAP@cbgm": m + 5, "search/top1@cbgm": m + 20})
+        with open(metrics_file, "w") as f:
+            json.dump(done, f)
+    _fake_run(study, "b", 1, [(200, 33.0)])
+    md = run_study.write_table(study)
+    assert "| mAP CBGM | top-1 CBGM |" in md
+    assert "| a | A | 2 | 45.0 ± 7.1 | 55.0 ± 7.1 | 80.0 ± 0.0 | 50.0 ± 7.1 | 65.0 ± 7.1 |" in md
+    assert "| b |  | 1 | 33.0 | 43.0 | 80.0 | nan | nan |" in md  # a run without CBGM says so
+
+
 def test_curves_use_the_iterations_every_seed_evaluated(tmp_path):
     study = run_study.load_study(_study(tmp_path, curves=["a"]))
     _fake_run(study, "a", 1, [(100, 10.0), (200, 20.0), (300, 30.0)])
