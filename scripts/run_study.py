@@ -71,8 +71,10 @@ def run_dir(study, run, seed):
 
 
 def command(study, run, seed):
+    """The train_net.py command of (run, seed); --resume continues an interrupted run from its last
+    checkpoint (or starts it afresh)."""
     opts = [str(o) for o in [*study["opts"], *run.get("opts", [])]]
-    return [sys.executable, os.path.join(ROOT, "scripts", "train_net.py"), "--config-file",
+    return [sys.executable, os.path.join(ROOT, "scripts", "train_net.py"), "--resume", "--config-file",
             os.path.join(ROOT, run["config"]), *opts, "SEED", str(seed), "OUTPUT_DIR", run_dir(study, run, seed)]
 
 
@@ -103,8 +105,7 @@ def run_one(study, run, seed, dry_run=False):
     if dry_run:
         return False
     start = time.time()
-    # --resume continues an interrupted run from its last checkpoint (or starts it afresh).
-    proc = subprocess.run([*cmd[:2], "--resume", *cmd[2:]], cwd=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode != 0:
         logger.error("%s seed %s: train_net.py exited %d (see %s/log.txt)", run["name"], seed, proc.returncode,
                      folder)
@@ -196,9 +197,9 @@ def curves(study, run):
 
 def plot_curves(study, path):
     """mAP and top-1 against the training iteration, one line per run (mean over seeds, band min..max)."""
-    from dcinet_d2.evaluation.plots import _figure, _save
+    from dcinet_d2.evaluation.plots import new_figure, save_figure
 
-    fig, _ = _figure(size=(9.0, 3.6))
+    fig, _ = new_figure(size=(9.0, 3.6))
     fig.clear()
     axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
     drawn = 0
@@ -220,7 +221,7 @@ def plot_curves(study, path):
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gallery_sizes(study, path):
@@ -229,10 +230,10 @@ def plot_gallery_sizes(study, path):
 
     import dcinet_d2  # noqa: F401  registers the datasets
     from dcinet_d2.evaluation.offline import evaluate_search_results
-    from dcinet_d2.evaluation.plots import _figure, _save
+    from dcinet_d2.evaluation.plots import new_figure, save_figure
 
     sizes = study["gallery_sizes"]
-    fig, _ = _figure(size=(9.0, 3.6))
+    fig, _ = new_figure(size=(9.0, 3.6))
     fig.clear()
     axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
     x = np.arange(len(sizes))
@@ -259,7 +260,7 @@ def plot_gallery_sizes(study, path):
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def parse_shard(text):
