@@ -17,7 +17,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = get_default_optimizer_params(
         model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
-    backbone = getattr(model, "backbone", None)
+    backbone = getattr(getattr(model, "module", model), "backbone", None)  # also under DistributedDataParallel
     if backbone is not None:
         params = _scale_lr(params, backbone.parameters(), cfg.SOLVER.BACKBONE_LR_FACTOR)
     embeddings = [p for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()]

@@ -25,13 +25,16 @@ COLLAPSED_COSINE = 0.95
 
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
-    """Mean cosine similarity over the n (n - 1) ordered pairs of distinct rows of L2-normalised
-    ``embeddings`` [n, D], from their sum: |sum e|^2 = n + sum over pairs of e_i . e_j. NaN when n < 2."""
-    n = embeddings.shape[0]
+    """Mean cosine similarity over the n (n - 1) ordered pairs of distinct rows of ``embeddings`` [n, D] (rows
+    normalised here; zero rows, which have no direction, left out), from the sum of the unit rows u:
+    |sum u|^2 = n + sum over pairs of u_i . u_j. NaN when fewer than 2 rows are non-zero."""
+    norms = embeddings.double().norm(dim=1)
+    units = embeddings.double()[norms > 0] / norms[norms > 0, None]
+    n = units.shape[0]
     if n < 2:
         return float("nan")
-    total = embeddings.double().sum(dim=0)
-    return float((total @ total - n) / (n * (n - 1)))
+    total = units.sum(dim=0)
+    return float((total @ total - (units * units).sum()) / (n * (n - 1)))
 
 
 class PersonSearchEvaluator(DatasetEvaluator):
@@ -118,7 +121,12 @@ class PersonSearchEvaluator(DatasetEvaluator):
     def _embedding_spread(self, results) -> float:
         """Mean cosine between the gallery's detections above det_thresh; warns when they have collapsed."""
         kept = [g["embeddings"][g["scores"] >= self._det_thresh] for g in results["gallery"].values()]
-        cos = mean_pairwise_cosine(torch.cat(kept)) if kept else float("nan")
+        kept = torch.cat(kept) if kept else torch.zeros(0, 1)
+        cos = mean_pairwise_cosine(kept)
+        zero = int((kept.norm(dim=1) == 0).sum())
+        if zero:
+            logger.warning("%s: %d of %d gallery detections have an all-zero re-id embedding (no direction: they "
+                           "score 0 against every query)", self._dataset_name, zero, len(kept))
         if cos > COLLAPSED_COSINE:
             logger.warning("%s: the re-id embeddings have collapsed: mean cosine %.3f between gallery detections "
                            "(1 = all alike), so the search metrics are near chance; the model's re-id branch did "

@@ -66,24 +66,20 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-def _fold_frozen_bn_on_load(module: nn.Module) -> None:
-    """Make ``module`` fold the BatchNorm of each of its FrozenBN convs into the conv weight when loading a
-    state dict (``dcinet_d2.pretrained.fold_batchnorm``: the same function, better conditioned for SGD), while
-    its BN convs keep ImageNet's statistics and affine parameters (batch statistics re-estimate the former
-    and train the latter from the pretrained values). Conv sub-modules are looked up at load time, so stages
-    frozen after construction (FrozenBN by ``freeze``) fold too."""
+def _fold_frozen_bn_on_load(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook of the MobileNetV2 stages: fold the BatchNorm of each FrozenBN conv into the
+    conv weight (``dcinet_d2.pretrained.fold_batchnorm``: the same function, better conditioned for SGD),
+    while BN convs keep ImageNet's statistics and affine parameters (batch statistics re-estimate the former
+    and train the latter from the pretrained values). Convs are looked up at load time, so stages frozen
+    after construction (FrozenBN by ``freeze``) fold too."""
     from dcinet_d2.pretrained import fold_batchnorm
 
-    def hook(state_dict, prefix, *args):
-        for name, conv in module.named_modules():
-            if isinstance(conv, Conv2d) and isinstance(conv.norm, FrozenBatchNorm2d):
-                key = f"{prefix}{name}.norm.running_var"
-                if key in state_dict and f"{prefix}{name}.weight" in state_dict:
-                    keys = [f"{prefix}{name}.weight"] + [f"{prefix}{name}.norm.{p}" for p in
-                                                          ("weight", "bias", "running_mean", "running_var")]
-                    state_dict.update(fold_batchnorm({k: state_dict[k] for k in keys}, eps=conv.norm.eps))
-
-    module._register_load_state_dict_pre_hook(hook)
+    for name, conv in module.named_modules():
+        if isinstance(conv, Conv2d) and isinstance(conv.norm, FrozenBatchNorm2d):
+            keys = [f"{prefix}{name}.weight"] + [f"{prefix}{name}.norm.{p}" for p in
+                                                  ("weight", "bias", "running_mean", "running_var")]
+            if all(k in state_dict for k in keys):
+                state_dict.update(fold_batchnorm({k: state_dict[k] for k in keys}, eps=conv.norm.eps))
 
 
 def _block_specs():
@@ -113,7 +109,7 @@ class MobileNetV2Backbone(Backbone):
         self._out_feature_channels = {f: known[f][0] for f in out_features}
         self._out_feature_strides = {f: known[f][1] for f in out_features}
         self.freeze(freeze_at)
-        _fold_frozen_bn_on_load(self)
+        self._register_load_state_dict_pre_hook(_fold_frozen_bn_on_load, with_module=True)
 
     def freeze(self, freeze_at):
         """Freeze stages 1..``freeze_at`` (stage 1 = stem and block 1; stages 2, 3, 4 end at strides 4, 8, 16),
@@ -145,7 +141,7 @@ class MobileNetV2Stage5(nn.Module):
         self.blocks = nn.ModuleList([InvertedResidual(*spec, norm=norm)
                                      for spec in _block_specs()[BACKBONE_BLOCKS:]])
         self.last = _conv(_block_specs()[-1][1], LAST_CHANNELS, 1, 1, 1, norm, True)
-        _fold_frozen_bn_on_load(self)
+        self._register_load_state_dict_pre_hook(_fold_frozen_bn_on_load, with_module=True)
 
     def forward(self, x):
         for block in self.blocks:

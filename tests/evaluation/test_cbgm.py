@@ -2,6 +2,7 @@
 through the evaluation core (dense and pair-by-pair layouts agree) and through dcinet-eval."""
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -333,6 +334,12 @@ def test_evaluator_reports_embedding_spread_and_warns_on_collapse(companions, tm
     with caplog.at_level(logging.WARNING):
         metrics = evaluator._metrics(collapsed)
     assert metrics["embed_mean_cos"] > 0.999 and "embeddings have collapsed: mean cosine 1.000" in caplog.text
+    caplog.clear()
+    for g in collapsed["gallery"].values():  # a dead branch: every embedding zero
+        g["embeddings"] = torch.zeros_like(g["embeddings"])
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluator._metrics(collapsed)
+    assert math.isnan(metrics["embed_mean_cos"]) and "144 of 144 gallery detections have an all-zero" in caplog.text
 
 
 def test_query_people_of_every_format(companions, tmp_path):
