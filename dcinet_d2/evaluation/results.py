@@ -179,7 +179,8 @@ def gallery_detections(results, image_names, source="results"):
     boxes, scores, embeddings = cat("boxes"), cat("scores"), cat("embeddings")
     image_index = np.repeat(np.arange(len(image_names)), counts)
     for key, values in (("boxes", boxes), ("scores", scores), ("embeddings", embeddings)):
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        # One row per detection (an explicit width: -1 cannot be inferred when there is no detection at all).
+        bad = ~np.isfinite(values).reshape(len(values), int(np.prod(values.shape[1:]))).all(axis=1)
         if bad.any():
             name = image_names[image_index[np.argmax(bad)]]
             raise ValueError(f"{source}: gallery['{name}']['{key}'] holds NaN or infinite values")

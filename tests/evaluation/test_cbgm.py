@@ -340,6 +340,10 @@ def test_evaluator_reports_embedding_spread_and_warns_on_collapse(companions, tm
     with caplog.at_level(logging.WARNING):
         metrics = evaluator._metrics(collapsed)
     assert math.isnan(metrics["embed_mean_cos"]) and "144 of 144 gallery detections have an all-zero" in caplog.text
+    for g in collapsed["gallery"].values():  # no detection at all (an early model): scores 0, no crash
+        g.update(boxes=torch.zeros(0, 4), scores=torch.zeros(0), embeddings=torch.zeros(0, 16))
+    metrics = evaluator._metrics(collapsed)
+    assert metrics["mAP"] == 0 and metrics["top1"] == 0 and math.isnan(metrics["embed_mean_cos"])
 
 
 def test_query_people_of_every_format(companions, tmp_path):

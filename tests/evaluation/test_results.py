@@ -104,3 +104,13 @@ def test_gallery_detections(caplog):
     assert len(missing) == 1 and "2 of 4 gallery images" in missing[0].getMessage()
     with pytest.raises(ValueError, match="f.pth: none of the 2 gallery images has results"):
         gallery_detections(r, ["x.jpg", "y.jpg"], source="f.pth")
+
+
+def test_a_gallery_without_any_detection_scores_zero():
+    """An early model (e.g. I-Net at iteration 100) may detect nothing at all: its periodic evaluation crashed
+    training (numpy could not reshape 0 rows to (0, -1)). The evaluator's version: test_cbgm.py."""
+    r = validate_results(results())
+    for entry in r["gallery"].values():
+        entry.update(boxes=torch.zeros(0, 4), scores=torch.zeros(0), embeddings=torch.zeros(0, 3))
+    gallery, queries = gallery_detections(r, list(r["gallery"]))
+    assert len(gallery.scores) == 0 and gallery.embeddings.shape == (0, 3) and queries.shape == (1, 3)
