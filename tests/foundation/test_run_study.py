@@ -132,3 +132,23 @@ def test_a_tiny_study_trains_skips_done_runs_and_tabulates(tmp_path):
     assert done["metrics"]["iteration"] == 4 and "SEED" in done["command"]
     again = subprocess.run([*cmd, "run"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and again.stderr.count("done, skipped") == 2
+
+
+@pytest.mark.parametrize("path", sorted((p for p in os.listdir(os.path.join(ROOT, "configs", "studies"))
+                                         if p.endswith(".yaml"))))
+def test_every_run_of_the_shipped_study_files_merges(path):
+    """Each run's config and overrides (the study's, then the run's) merge into the project's config, so a
+    study cannot fail on a typo an hour in."""
+    from detectron2.config import get_cfg
+
+    from dcinet_d2 import add_dcinet_config
+
+    study = run_study.load_study(os.path.join(ROOT, "configs", "studies", path))
+    names = [run["name"] for run in study["runs"]]
+    assert len(set(names)) == len(names) and set(study.get("curves", [])) <= set(names)
+    for run in study["runs"]:
+        cfg = get_cfg()
+        add_dcinet_config(cfg)
+        cfg.merge_from_file(os.path.join(ROOT, run["config"]))
+        cfg.merge_from_list([str(o) for o in [*study["opts"], *run.get("opts", [])]])
+        assert cfg.MODEL.REID.LOSSES, run["name"]
