@@ -14,7 +14,7 @@ export DCINET_DATASETS="${DCINET_DATASETS:-$ROOT/datasets}"
 if [ ! -f "$DCINET_DATASETS/synthetic_cuhk_sysu/annotation/Images.mat" ]; then
   .venv/bin/python -m dcinet_d2.data.synthetic --out "$DCINET_DATASETS/synthetic_cuhk_sysu" --format cuhk_sysu
 fi
-.venv/bin/python scripts/train_net.py --config-file configs/cpu/dcinet_r18_synth.yaml \
+.venv/bin/python scripts/train_net.py --config-file configs/cpu/dcinet_mnv2_synth.yaml \
   OUTPUT_DIR "$OUT" MODEL.DEVICE cpu "$@"
 # Index the gallery split with the model just trained (an index of an earlier model is replaced), then
 # search it for one test identity.

@@ -14,10 +14,11 @@ import dcinet_d2  # noqa: F401  (first: quiets Detectron2's import-time warnings
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
 from dcinet_d2 import add_dcinet_config
 from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_identities
+from dcinet_d2.distributed import launch
 from dcinet_d2.data.sampler import build_person_search_train_loader
 from dcinet_d2.evaluation import build_person_search_evaluator
 from dcinet_d2.search.predictor import load_weights

@@ -83,13 +83,18 @@ def _parse_loss_names(names) -> tuple:
 def _log_uniform(name: str, value) -> None:
     """Record a memory loss's uniform value (log of its number of valid candidates: the loss of a model that
     cannot tell them apart) in the training's EventStorage, as ``reid/<name>_uniform`` in metrics.json."""
+    _log_scalar(f"reid/{name}_uniform", value)
+
+
+def _log_scalar(key: str, value) -> None:
+    """Put a scalar in the training's EventStorage (metrics.json); nothing outside a training loop."""
     try:
         from detectron2.utils.events import get_event_storage
 
         storage = get_event_storage()
     except AssertionError:  # outside a training loop
         return
-    storage.put_scalar(f"reid/{name}_uniform", float(value))
+    storage.put_scalar(key, float(value))
 
 
 def _gather_across_ranks(features: torch.Tensor, pids: torch.Tensor):
@@ -177,6 +182,7 @@ class ReIDLoss(nn.Module):
         for name in self.loss_names:
             value = getattr(self, f"_loss_{name.lower()}")(embeddings, pids, image_ids)
             losses[f"loss_{name.lower()}"] = self.weights[name] * value
+            _log_scalar(f"reid/{name.lower()}", value.detach())  # unweighted: comparable with its uniform value
         self._update_memories(embeddings, pids)
         return losses
 

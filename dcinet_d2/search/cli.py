@@ -192,7 +192,7 @@ def _print_index_summary(args, summaries, final, shard):
 
 def _cmd_index(args):
     import torch
-    from detectron2.engine import launch
+    from ..distributed import launch
 
     _check_threshold(args.det_thresh)
     if args.batch_size < 1 or args.checkpoint_every < 1:

@@ -151,7 +151,10 @@ def test_cpu_pretrained_configs_follow_the_papers_regime(path):
     assert cfg.MODEL.MOBILENET.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT >= 1
     assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]
     assert cfg.MODEL.REID.DETACH_BACKBONE is False  # re-id trains through the backbone, as in the paper
-    assert (cfg.MODEL.REID.OLP.WEIGHT, cfg.MODEL.REID.C2HEP.WEIGHT, cfg.MODEL.REID.HEP.WEIGHT) == (1.0, 1.0, 1.0)
+    # alpha = beta, and every baseline at the same weight, so that the study compares losses at one step size
+    # (0.003: the measured departure from the paper's 1, in Base-CPU-MobileNetV2.yaml).
+    weights = {cfg.MODEL.REID[n].WEIGHT for n in ("OLP", "HEP", "C2HEP", "OIM", "TRIPLET", "CONTRASTIVE")}
+    assert weights == {0.003}
     assert cfg.MODEL.ROI_BOX_HEAD.NAME == "MobileNetV2BoxHead"
     if cfg.MODEL.ROI_HEADS.NAME == "DCINetROIHeads":
         assert cfg.MODEL.REID.HEAD == "MobileNetV2" and cfg.MODEL.REID.LOSSES == ["OLP", "C2HEP"]

@@ -268,3 +268,17 @@ def test_default_hard_bound_leaves_the_random_fill_room(base_cfg):
     unbounded = select_priority_pool(labels, sims, 100, hard_per_sample=None)
     top_all = set(sims.topk(100, dim=1).indices.flatten().tolist())
     assert set(unbounded.tolist()) <= top_all | set(labels.tolist())
+
+
+def test_training_records_each_unweighted_memory_loss_beside_its_uniform_value(base_cfg):
+    """metrics.json gets reid/<loss> = loss / WEIGHT (comparable with reid/<loss>_uniform whatever the weight)."""
+    from detectron2.utils.events import EventStorage
+
+    module = ReIDLoss(_cfg(base_cfg, ["OLP", "C2HEP"], **{"OLP.WEIGHT": 0.01, "C2HEP.WEIGHT": 0.5}), T)
+    with EventStorage() as storage:
+        for step in range(2):
+            losses = module(*_batch(step))
+        latest = {k: v[0] for k, v in storage.latest().items()}
+    assert latest["reid/olp"] == pytest.approx(losses["loss_olp"].item() / 0.01, rel=1e-5)
+    assert latest["reid/c2hep"] == pytest.approx(losses["loss_c2hep"].item() / 0.5, rel=1e-5)
+    assert latest["reid/olp"] > 0 and "reid/olp_uniform" in latest and "reid/c2hep_uniform" in latest
