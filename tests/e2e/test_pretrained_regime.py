@@ -34,7 +34,8 @@ def _last_mean(rows, key, n=3):
 
 @pytest.mark.slow
 def test_memory_losses_end_well_below_their_uniform_values(run):
-    # Measured (300 iterations, data seed 7): see the assertion message; the R18 demo's stayed above.
+    # Measured (300 iterations, data seed 7): OLP 1.97 against 5.54, C2HEP 0.23 against 2.77 (means of the last
+    # 3 logged values); the from-scratch ResNet-18 config's stayed at or above them.
     for name, ratio in (("olp", 0.7), ("c2hep", 0.5)):
         loss, uniform = _last_mean(run, f"reid/{name}"), _last_mean(run, f"reid/{name}_uniform")
         assert loss < ratio * uniform, (name, loss, uniform)
@@ -45,5 +46,6 @@ def test_pretrained_model_detects_and_searches(run):
     final = [r for r in run if "search/mAP" in r][-1]
     print({k: v for k, v in final.items() if k.startswith("search/")})
     assert final["search/det_ap"] > 90.0
-    # Chance (shuffled embeddings) is about 5 mAP; the re-id branch untrained (loss weights 0) gave 25.
+    # Measured (300 iterations, data seed 7): mAP 52.4, top-1 62.5, det AP 98.2, embed_mean_cos 0.04. Chance
+    # (shuffled embeddings) is about 5 mAP; the re-id branch untrained (loss weights 0) gave 25 (BENCHMARKS).
     assert final["search/mAP"] > 35.0 and final["search/embed_mean_cos"] < 0.5
