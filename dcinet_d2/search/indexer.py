@@ -5,18 +5,22 @@ and the next build (same command) continues where it stopped. With ``shard=(i, n
 images whose key hashes to ``i`` modulo ``n``; n processes (Detectron2's ``launch``, or n separate commands)
 share one index folder, each writing its own parts, and a last plain run merges them (``finalize``).
 """
+import errno
 import hashlib
 import itertools
 import logging
 import os
+import shutil
 import sys
 import time
+import uuid
 import zlib
 from typing import Dict, Iterable, Optional, Tuple
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..fileio import atomic_open
 from .index import GalleryIndex, read_manifest
 from .sources import GalleryItem, UnreadableImage
 
@@ -68,27 +72,43 @@ def open_index(path: str, cfg, det_thresh: float, gallery_root: str) -> GalleryI
     """
     fingerprint = model_fingerprint(cfg)
     gallery_root = os.path.abspath(gallery_root)
-    if os.path.isfile(os.path.join(path, "manifest.json")):
-        manifest = read_manifest(path)
-        problems = []
-        if not same_model(manifest.get("model") or {}, fingerprint):
-            problems.append("it was built by another model (config or weights differ)")
-        if abs(manifest["det_thresh"] - det_thresh) > 1e-9:
-            problems.append(f"it was built with --det-thresh {manifest['det_thresh']}, not {det_thresh}")
-        if manifest["gallery_root"] != gallery_root:
-            problems.append(f"its gallery root is {manifest['gallery_root']}, not {gallery_root}")
-        if problems:
-            raise ValueError(f"{path}: cannot extend this index: {'; '.join(problems)}; choose another --out")
-        return GalleryIndex.load(path)
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise ValueError(f"{path}: exists and is not a gallery index; choose a new or empty --out folder")
-    index = GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint)
-    from ..fileio import atomic_open
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise ValueError(f"{path}: exists and is not a gallery index; choose a new or empty --out folder")
+        _create_index(path, cfg, GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint))
+    manifest = read_manifest(path)
+    problems = []
+    if not same_model(manifest.get("model") or {}, fingerprint):
+        problems.append("it was built by another model (config or weights differ)")
+    if abs(manifest["det_thresh"] - det_thresh) > 1e-9:
+        problems.append(f"it was built with --det-thresh {manifest['det_thresh']}, not {det_thresh}")
+    if manifest["gallery_root"] != gallery_root:
+        problems.append(f"its gallery root is {manifest['gallery_root']}, not {gallery_root}")
+    if problems:
+        raise ValueError(f"{path}: cannot extend this index: {'; '.join(problems)}; choose another --out")
+    return GalleryIndex.load(path)
 
-    with atomic_open(os.path.join(path, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    index.save(path)
-    return index
+
+def _create_index(path: str, cfg, index: GalleryIndex):
+    """Write an empty index (manifest and config) in a temporary folder beside ``path``, then rename it to
+    ``path`` in one step: shards started together race to create the index, and a loser must find either
+    nothing or a whole index there, never a half-written folder. Losing the race is not an error."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    os.mkdir(tmp)
+    try:
+        with atomic_open(os.path.join(tmp, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+        index.save(tmp)
+        try:
+            os.rename(tmp, path)  # replaces an empty folder; fails if another process made the index first
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
 
 
 def shard_of(key: Tuple[str, int], num_shards: int) -> int:
