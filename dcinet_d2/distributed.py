@@ -19,7 +19,5 @@ def _closing_worker(main_func, *args):
 
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=()):
     """As ``detectron2.engine.launch`` (same arguments); ``main_func`` must be picklable (module level)."""
-    if num_gpus_per_machine * num_machines <= 1:
-        return main_func(*args)
-    return _d2_launch(_closing_worker, num_gpus_per_machine, num_machines=num_machines,
-                      machine_rank=machine_rank, dist_url=dist_url, args=(main_func, *args))
+    _d2_launch(_closing_worker, num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
+               dist_url=dist_url, args=(main_func, *args))

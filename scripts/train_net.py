@@ -18,8 +18,8 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 
 from dcinet_d2 import add_dcinet_config
 from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_identities
-from dcinet_d2.distributed import launch
 from dcinet_d2.data.sampler import build_person_search_train_loader
+from dcinet_d2.distributed import launch
 from dcinet_d2.evaluation import build_person_search_evaluator
 from dcinet_d2.search.predictor import load_weights
 from dcinet_d2.fileio import folder_write_problem
