@@ -59,6 +59,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
             torch.save(data, f)
         self.tag_last_checkpoint(basename)
 
+    def load(self, path, checkpointables=None):
+        try:
+            return super().load(path, checkpointables)
+        except ValueError as e:  # torch's optimizer: the groups of the checkpoint and of this config differ
+            if "parameter group" not in str(e):
+                raise
+            raise ValueError(f"{path}: its optimizer state does not fit this config's optimizer ({e}): the run was "
+                             "trained with other SOLVER.*_LR_FACTOR, BIAS_LR_FACTOR or WEIGHT_DECAY_* values; resume "
+                             "with the config it was saved with, or train into a new OUTPUT_DIR") from None
+
     def tag_last_checkpoint(self, last_filename_basename):
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)

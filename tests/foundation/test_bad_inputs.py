@@ -316,6 +316,21 @@ def test_resume_with_a_corrupt_last_checkpoint_in_a_process(tmp_path):
     assert _snapshot(out) == before
 
 
+def test_resume_with_other_lr_factors_names_the_checkpoint_and_the_keys(tmp_path):
+    """A run saved with one optimizer group, resumed by a config whose LR factors split it into two."""
+    from dcinet_d2.resume import AtomicCheckpointer
+
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    AtomicCheckpointer(model, str(tmp_path), optimizer=saved).save("model_0000009")
+    resumed = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.01}], lr=0.1)
+    with pytest.raises(ValueError) as info:
+        AtomicCheckpointer(model, str(tmp_path), optimizer=resumed).load(str(tmp_path / "model_0000009.pth"))
+    message = str(info.value)
+    assert "\n" not in message and "model_0000009.pth: its optimizer state does not fit" in message
+    assert "SOLVER.*_LR_FACTOR" in message and "new OUTPUT_DIR" in message
+
+
 def test_whole_last_checkpoint_is_accepted(tmp_path):
     out = _checkpoint_dir(tmp_path)
     assert check_last_checkpoint(str(out)) is None  # none yet: training starts afresh
