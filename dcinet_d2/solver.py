@@ -1,11 +1,13 @@
-"""The optimizer of train_net.py: Detectron2's, with SOLVER.BACKBONE_LR_FACTOR on the backbone's parameters and
-SOLVER.EMBED_LR_FACTOR on the re-id embedding projections."""
+"""The optimizer of train_net.py: Detectron2's, with SOLVER.BACKBONE_LR_FACTOR on the backbone's parameters,
+SOLVER.EMBED_LR_FACTOR on the re-id embedding projections and SOLVER.CLASSIFIER_LR_FACTOR on the re-id losses'
+learnt classifiers."""
 from typing import List
 
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .modeling.reid_head import EmbeddingProjection
+from .modeling.reid_loss import ReIDLoss
 
 __all__ = ["build_optimizer"]
 
@@ -13,7 +15,8 @@ __all__ = ["build_optimizer"]
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Detectron2's SGD (same parameter groups, momentum, weight decay, clipping), the learning rate of each
     backbone parameter multiplied by SOLVER.BACKBONE_LR_FACTOR and of each embedding projection's by
-    SOLVER.EMBED_LR_FACTOR (the LR scheduler scales every group alike)."""
+    SOLVER.EMBED_LR_FACTOR, and of each re-id loss's own parameters (HEP's classifier) by
+    SOLVER.CLASSIFIER_LR_FACTOR (the LR scheduler scales every group alike)."""
     params = get_default_optimizer_params(
         model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
@@ -22,6 +25,8 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         params = _scale_lr(params, backbone.parameters(), cfg.SOLVER.BACKBONE_LR_FACTOR)
     embeddings = [p for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()]
     params = _scale_lr(params, embeddings, cfg.SOLVER.EMBED_LR_FACTOR)
+    classifiers = [p for m in model.modules() if isinstance(m, ReIDLoss) for p in m.parameters(recurse=False)]
+    params = _scale_lr(params, classifiers, cfg.SOLVER.CLASSIFIER_LR_FACTOR)
     return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
         params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY)
