@@ -231,9 +231,9 @@ def plot_gallery_sizes(study, path):
     from dcinet_d2.evaluation.plots import new_figure, save_figure
 
     sizes = study["gallery_sizes"]
-    fig, axes = new_figure(size=(9.0, 3.6), ncols=2)
+    fig, (*axes, key) = new_figure(size=(13.0, 4.4), ncols=3)  # the third holds the legend of many runs
     x = np.arange(len(sizes))
-    for run in study["runs"]:
+    for i, run in enumerate(study["runs"]):
         values = []
         for seed in study["seeds"]:
             folder = run_dir(study, run, seed)
@@ -248,14 +248,17 @@ def plot_gallery_sizes(study, path):
         if values:
             v = np.asarray(values).mean(0)
             for k, ax in enumerate(axes):
-                ax.plot(x, v[:, k], marker="o", label=f"{run.get('row', run['name'])} ({len(values)} seeds)")
+                # Matplotlib's 10 colours repeat: every 10 runs change the line style, so no two look alike.
+                ax.plot(x, v[:, k], marker="o", linestyle=("-", "--", ":", "-.")[i // 10 % 4],
+                        label=f"{run.get('row', run['name'])} ({len(values)} seeds)")
     for ax, label in zip(axes, ("mAP (%)", "top-1 (%)")):
         ax.set_xticks(x)
         ax.set_xticklabels(["full set" if n == -1 else str(n) for n in sizes])
         ax.set_xlabel("gallery size")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
+    key.axis("off")
+    key.legend(*axes[0].get_legend_handles_labels(), loc="center left", fontsize=7, frameon=False)
     return save_figure(fig, path)
 
 
