@@ -1,6 +1,6 @@
-"""Config keys added by dcinet-d2. Paper: Zhang et al., "Tasks Integrated Networks", TPAMI 2022 (METHOD.md).
+"""Config keys added by dcinet-d2. Paper: Zhang et al., "Tasks Integrated Networks", TPAMI 2022 (docs/METHOD.md).
 
-Every default the paper leaves open is a key here, with the value METHOD.md suggests.
+Every default the paper leaves open is a key here, with the value docs/METHOD.md suggests.
 """
 from detectron2.config import CfgNode as CN
 
@@ -16,7 +16,7 @@ def add_dcinet_config(cfg):
     # MODEL.MOBILENET: the ImageNet-pretrained MobileNetV2 of the CPU configs (keys in modeling/mobilenet.py).
     add_mobilenet_config(cfg)
     cfg.MODEL.REID = CN()
-    # Dimension D of the L2-normalised re-id embedding (paper: unspecified; METHOD.md suggests 256).
+    # Dimension D of the L2-normalised re-id embedding (paper: unspecified; docs/METHOD.md suggests 256).
     cfg.MODEL.REID.EMBED_DIM = 256
     # Normalisation of the embedding (before L2) in training: "batch" = batch statistics (BatchNorm1d in
     # training mode); "running" = the running statistics, as at inference. A re-id batch holds two or three
@@ -44,6 +44,12 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.CONV_DIM = 256
     # Normalisation inside the re-id head ("BN", "GN", "FrozenBN", ""), as MODEL.RESNETS.NORM.
     cfg.MODEL.REID.NORM = "BN"
+    # I-Net at inference: "proposal" = each detection's embedding is that of the RoI features of the proposal
+    # it was regressed from (the box head's features, already computed: the paper's I-Net retrieves from
+    # proposals, the weakness DC-I-Net removes); "refined" = the refined box pooled again through the box
+    # head (the earlier behaviour, which hands I-Net part of DC-I-Net's gain). Given boxes (queries) are
+    # embedded from the box as given either way.
+    cfg.MODEL.REID.INET_EMBED = "proposal"
     # DC-I-Net: a refined box takes the identity of the ground truth it overlaps with IoU >= this
     # (unlabelled person: -1); below it the box is background and gets no re-id loss.
     cfg.MODEL.REID.IOU_THRESHOLD = 0.5
@@ -81,7 +87,11 @@ def add_dcinet_config(cfg):
     # the random fill room on CUHK-SYSU / PRW batches (about 2-10 labelled boxes, pool 100); 0 = no limit
     # (hard classes then fill the whole pool and the random fill never runs).
     cfg.MODEL.REID.HEP.HARD_PER_SAMPLE = 5
-    # HEP's logits: "linear" = classifier scores W x + b (the seed); "cosine" = SCALE * cos(x, W) (a cosine
+    # HEP's logits: "linear" = classifier scores W x + b (the seed) on the embedding before L2 normalisation
+    # (BatchNorm output, norm about sqrt(D)); "linear_unit" = the same on the L2-normalised embedding (the
+    # earlier default: no score can exceed |w| + |b|, about 0.11 at the start, so HEP sat at its uniform
+    # value: ln 16 = 2.77 at 400 iterations on the MobileNetV2 CPU configs, also with a 333x classifier rate;
+    # tests/modeling/test_reid_loss.py shows it on fixed features); "cosine" = SCALE * cos(x, W) (a cosine
     # classifier, close to C2HEP). Hardness is ranked by the cosine to W's rows either way.
     cfg.MODEL.REID.HEP.LOGITS = "linear"
     # Logit scale of the "cosine" logits (paper: unspecified).

@@ -18,7 +18,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     SOLVER.EMBED_LR_FACTOR, and of each re-id loss's own parameters (HEP's classifier) by
     SOLVER.CLASSIFIER_LR_FACTOR (the LR scheduler scales every group alike)."""
     params = get_default_optimizer_params(
-        model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
     backbone = getattr(getattr(model, "module", model), "backbone", None)  # also under DistributedDataParallel
     if backbone is not None:
@@ -26,14 +26,16 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     embeddings = [p for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()]
     params = _scale_lr(params, embeddings, cfg.SOLVER.EMBED_LR_FACTOR)
     classifiers = [p for m in model.modules() if isinstance(m, ReIDLoss) for p in m.parameters(recurse=False)]
-    params = _scale_lr(params, classifiers, cfg.SOLVER.CLASSIFIER_LR_FACTOR)
+    # The classifier's factor undoes the loss weight on its gradient only: its weight decay keeps the base step.
+    params = _scale_lr(params, classifiers, cfg.SOLVER.CLASSIFIER_LR_FACTOR, keep_decay=True)
     return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
         params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
 
-def _scale_lr(groups: List[dict], parameters, factor: float) -> List[dict]:
-    """The parameter groups with the learning rate of `parameters` multiplied by `factor`.
+def _scale_lr(groups: List[dict], parameters, factor: float, keep_decay: bool = False) -> List[dict]:
+    """The parameter groups with the learning rate of `parameters` multiplied by `factor`; with `keep_decay`
+    their weight decay is divided by it, so that the decay step (SGD: lr * weight_decay * w) stays the base one.
 
     Detectron2 merges parameters with equal hyper-parameters into one group, so a group is split into the
     parameters to scale and the others (scaling the whole group would scale, e.g., the RPN with the backbone).
@@ -48,5 +50,6 @@ def _scale_lr(groups: List[dict], parameters, factor: float) -> List[dict]:
         if kept:
             out.append({**group, "params": kept})
         if scaled:
-            out.append({**group, "params": scaled, "lr": group["lr"] * factor})
+            decay = group["weight_decay"] / factor if keep_decay else group["weight_decay"]
+            out.append({**group, "params": scaled, "lr": group["lr"] * factor, "weight_decay": decay})
     return out

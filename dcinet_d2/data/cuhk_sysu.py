@@ -1,6 +1,6 @@
 """CUHK-SYSU: parsers of its MATLAB files and the Detectron2 dataset dicts of its three splits.
 
-Layout under ``root`` (PROTOCOLS.md "Dataset layouts", datasets/README.md)::
+Layout under ``root`` (docs/PROTOCOLS.md "Dataset layouts", datasets/README.md)::
 
     Image/SSM/*.jpg
     annotation/Images.mat                     Img: per image imname, nAppear, box (struct array: idlocate x,y,w,h)

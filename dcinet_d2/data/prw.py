@@ -1,6 +1,6 @@
 """PRW: parsers of its files and the Detectron2 dataset dicts of its three splits.
 
-Layout under ``root`` (PROTOCOLS.md "Dataset layouts", datasets/README.md)::
+Layout under ``root`` (docs/PROTOCOLS.md "Dataset layouts", datasets/README.md)::
 
     frames/<frame>.jpg
     annotations/<frame>.jpg.mat    rows [id, x, y, w, h] under the first present key of box_new, anno_file,

@@ -1,7 +1,7 @@
 """Writers of the exact on-disk layouts of CUHK-SYSU and PRW, for synthetic data and test fixtures.
 
 The files are written in the MATLAB struct/cell layouts that ``scipy.io.loadmat`` returns for the real
-datasets (PROTOCOLS.md "Dataset layouts"), so the loaders in :mod:`dcinet_d2.data.cuhk_sysu` and
+datasets (docs/PROTOCOLS.md "Dataset layouts"), so the loaders in :mod:`dcinet_d2.data.cuhk_sysu` and
 :mod:`dcinet_d2.data.prw` read them exactly as they read the real files.
 
 A *scene* is a dict:

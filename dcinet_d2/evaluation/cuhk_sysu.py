@@ -1,4 +1,4 @@
-"""CUHK-SYSU search protocol (PROTOCOLS.md): TestG{N} galleries and the full set, as arrays for the core.
+"""CUHK-SYSU search protocol (docs/PROTOCOLS.md): TestG{N} galleries and the full set, as arrays for the core.
 
 Gallery images are the test pool (``annotation/pool.mat``) in file order; queries are those of the TestG
 files (the same queries, in the same order, in every file). Gallery sizes: 50, 100, 500, 1000, 2000, 4000

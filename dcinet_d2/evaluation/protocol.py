@@ -1,4 +1,4 @@
-"""The vectorised person-search evaluation core, shared by every dataset (PROTOCOLS.md).
+"""The vectorised person-search evaluation core, shared by every dataset (docs/PROTOCOLS.md).
 
 Every dataset module turns its protocol into a :class:`SearchProtocol` (per query: an ordered list of
 gallery images and the person's ground-truth box in some of them) and the model's outputs into a

@@ -1,4 +1,4 @@
-"""PRW search protocol (PROTOCOLS.md), as arrays for the core.
+"""PRW search protocol (docs/PROTOCOLS.md), as arrays for the core.
 
 Gallery images are the test frames (``frame_test.mat``) in file order; queries are the lines of
 ``query_info.txt``. A query searches every test frame but its own ("all", the common setting) or, in the

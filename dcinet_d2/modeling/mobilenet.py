@@ -17,6 +17,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
 from torch import nn
 
+from .running_norm import RunningBatchNorm2d
+
 __all__ = ["SETTINGS", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Stage5", "MobileNetV2BoxHead",
            "add_mobilenet_config"]
 
@@ -44,8 +46,13 @@ def add_mobilenet_config(cfg):
     cfg.MODEL.MOBILENET.OUT_FEATURES = ["s16"]
 
 
+def _norm(norm, channels):
+    """Detectron2's get_norm, plus "RunningBN" (running_norm.py)."""
+    return RunningBatchNorm2d(channels) if norm == "RunningBN" else get_norm(norm, channels)
+
+
 def _conv(cin, cout, k, stride, groups, norm, act):
-    return Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False, norm=get_norm(norm, cout),
+    return Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False, norm=_norm(norm, cout),
                   activation=nn.ReLU6(inplace=True) if act else None)
 
 

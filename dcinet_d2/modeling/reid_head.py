@@ -1,7 +1,8 @@
-"""Re-identification heads: pooled RoI features [R, C, S, S] -> L2-normalised embeddings [R, D].
+"""Re-identification heads: pooled RoI features [R, C, S, S] -> embeddings [R, D] before L2 normalisation
+(the ROI heads normalise them for search and the metric losses; HEP scores them as they are).
 
 DC-I-Net gives re-id its own, deeper head (its own res5 stage, or a small conv stack for VGG16 / CPU
-configs) so that detection and re-id stop competing for one representation (METHOD.md, DC-I-Net 1.).
+configs) so that detection and re-id stop competing for one representation (docs/METHOD.md, DC-I-Net 1.).
 I-Net embeds the detector's own box-head features with a single projection.
 """
 import torch
@@ -31,7 +32,8 @@ def build_res5_stage(cfg, in_channels, norm):
 
 
 class EmbeddingProjection(nn.Module):
-    """features [R, C] (or [R, C, H, W], averaged) -> Linear -> BatchNorm1d -> L2-normalised embeddings [R, D].
+    """features [R, C] (or [R, C, H, W], averaged) -> Linear -> BatchNorm1d -> embeddings [R, D] (about unit
+    variance per dimension, norm about sqrt(D)); their L2-normalised rows are the search embeddings.
 
     The batch norm matters: pooled ReLU features are non-negative and share a large common component, so a
     plain projection maps every box to nearly the same direction. It has no affine parameters: with a
@@ -61,7 +63,7 @@ class EmbeddingProjection(nn.Module):
         x = self.proj(x.flatten(1))
         if self.training and x.shape[0] >= 2:
             if self.norm == "batch":
-                return F.normalize(self.bn(x), dim=1)
+                return self.bn(x)
             with torch.no_grad():  # update the running statistics only
                 # The first batch sets them: from the initial unit variance, the tiny projections of a fresh
                 # head would be L2-normalised from a norm near 0, and their gradient (1 / norm) wrecked the
@@ -70,8 +72,7 @@ class EmbeddingProjection(nn.Module):
                 F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=True,
                              momentum=1.0 if first else self.bn.momentum, eps=self.bn.eps)
                 self.bn.num_batches_tracked += 1
-        x = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
-        return F.normalize(x, dim=1)
+        return F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
 
 
 class Res5ReIDHead(nn.Module):

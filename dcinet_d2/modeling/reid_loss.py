@@ -5,8 +5,10 @@ forward(embeddings, pids, image_ids) returns the weighted losses, then updates t
 - OLP: pairs (a, p) of labelled samples of one identity in different images, each direction a row; the
   negatives are the FIFO feature dictionary minus the anchor's own identity. The batch's features (labelled,
   and unlabelled when OLP.PUSH_UNLABELED) are pushed afterwards.
-- HEP: a learnable classifier W [T, D], b [T]; logits W x + b (the seed; HEP.LOGITS "cosine": HEP.SCALE *
+- HEP: a learnable classifier W [T, D], b [T]; logits W x + b on the embedding x before L2 normalisation
+  (the seed's classifier scores; HEP.LOGITS "linear_unit": on the unit embedding, "cosine": HEP.SCALE *
   cos(x, W)); pool by hardness on the cosines to W's rows.
+Every other loss and memory sees the L2-normalised embedding.
 - C2HEP: the class centers; pool by hardness on cos(x, centers) among initialised centers (a never-seen
   center is zero and enters the pool only as the label of a sample in the batch); centers updated afterwards.
 - OIM, TRIPLET, CONTRASTIVE: the baselines (losses/*.py).
@@ -138,8 +140,8 @@ class ReIDLoss(nn.Module):
         self.hep_pool_size = _require_int(node.POOL_SIZE, "MODEL.REID.HEP.POOL_SIZE", 1)
         self.hep_hard_per_sample = _require_int(node.HARD_PER_SAMPLE, "MODEL.REID.HEP.HARD_PER_SAMPLE", 0)
         self.hep_scale = _require_number(node.SCALE, "MODEL.REID.HEP.SCALE", 0.0, low_open=True)
-        if node.LOGITS not in ("linear", "cosine"):
-            raise ValueError(f"MODEL.REID.HEP.LOGITS must be 'linear' or 'cosine', got {node.LOGITS!r}")
+        if node.LOGITS not in ("linear", "linear_unit", "cosine"):
+            raise ValueError(f"MODEL.REID.HEP.LOGITS must be 'linear', 'linear_unit' or 'cosine', got {node.LOGITS!r}")
         self.hep_logits = node.LOGITS
         self.hep_weight = nn.Parameter(torch.randn(self.num_identities, self.embed_dim) * 0.01)
         self.hep_bias = nn.Parameter(torch.zeros(self.num_identities))
@@ -168,7 +170,9 @@ class ReIDLoss(nn.Module):
         """Weighted re-id losses of a training batch, then the memory updates.
 
         Args:
-            embeddings (Tensor[n, D]): L2-normalised re-id embeddings of the batch's person boxes.
+            embeddings (Tensor[n, D]): re-id embeddings of the batch's person boxes before L2 normalisation
+                (the head's output; unit rows are fine too): HEP's linear scores take them as they are, the
+                other losses and the memories their L2-normalised rows.
             pids (LongTensor[n]): identity 0..T-1 of each box, -1 = unlabelled person.
             image_ids (LongTensor[n]): index of each box's source image in the batch.
 
@@ -178,9 +182,11 @@ class ReIDLoss(nn.Module):
             with nothing to compare (e.g. no pair) is a zero still connected to the graph.
         """
         self._check_inputs(embeddings, pids, image_ids)
+        raw, embeddings = embeddings, F.normalize(embeddings, dim=1)
         losses = {}
         for name in self.loss_names:
-            value = getattr(self, f"_loss_{name.lower()}")(embeddings, pids, image_ids)
+            x = raw if name == "HEP" else embeddings
+            value = getattr(self, f"_loss_{name.lower()}")(x, pids, image_ids)
             losses[f"loss_{name.lower()}"] = self.weights[name] * value
             _log_scalar(f"reid/{name.lower()}", value.detach())  # unweighted: comparable with its uniform value
         self._update_memories(embeddings, pids)
@@ -217,21 +223,40 @@ class ReIDLoss(nn.Module):
         positive = embeddings[positives].detach() if self.olp_detach_positive else embeddings[positives]
         valid = mask.sum(dim=1) if mask is not None else torch.full_like(anchors, len(negatives))
         _log_uniform("olp", torch.log1p(valid.float()).mean())
+        self._log_olp_agreement(embeddings[anchors], embeddings[positives], negatives.to(embeddings), mask)
         return olp_loss(embeddings[anchors], positive, negatives.to(embeddings), self.olp_scale, mask)
+
+    @staticmethod
+    @torch.no_grad()
+    def _log_olp_agreement(anchors, positives, negatives, mask) -> None:
+        """Probes in metrics.json: the mean cosine of anchor and positive (reid/olp_pos_cos) against that of
+        anchor and its dictionary negatives (reid/olp_neg_cos). OLP above its uniform value means the
+        positive is less similar than the average negative (docs/METHOD.md, "I-Net's shared box head")."""
+        _log_scalar("reid/olp_pos_cos", (anchors * positives).sum(dim=1).mean())
+        if len(negatives):
+            cos = anchors @ negatives.t()
+            keep = mask if mask is not None else torch.ones_like(cos, dtype=torch.bool)
+            if bool(keep.any()):
+                _log_scalar("reid/olp_neg_cos", cos[keep].mean())
 
     def _loss_hep(self, embeddings, pids, image_ids):
         labelled = pids >= 0
         if not bool(labelled.any()):
             return (embeddings.sum() + self.hep_weight.sum() + self.hep_bias.sum()) * 0.0
-        x, y = embeddings[labelled], pids[labelled]
+        x, y = embeddings[labelled], pids[labelled]  # x before L2 normalisation
         cos = F.normalize(x, dim=1) @ F.normalize(self.hep_weight, dim=1).t()
         pool = select_priority_pool(
             y, cos.detach(), self.hep_pool_size, hard_per_sample=self.hep_hard_per_sample or None,
             config_key="MODEL.REID.HEP.POOL_SIZE",
         )
         _log_uniform("hep", math.log(len(pool)))
-        # The seed: classifier scores s_t = w_t . x + b_t; "cosine": the scaled cosine classifier (C2HEP-like).
-        logits = x @ self.hep_weight.t() + self.hep_bias if self.hep_logits == "linear" else self.hep_scale * cos
+        # The seed: classifier scores s_t = w_t . x + b_t. On the unit embedding ("linear_unit") no score can
+        # exceed |w_t| + |b_t| (docs/METHOD.md, "HEP"); "cosine": the scaled cosine classifier (C2HEP-like).
+        if self.hep_logits == "cosine":
+            logits = self.hep_scale * cos
+        else:
+            x = F.normalize(x, dim=1) if self.hep_logits == "linear_unit" else x
+            logits = x @ self.hep_weight.t() + self.hep_bias
         return hep_loss(logits, y, pool)
 
     def _loss_c2hep(self, embeddings, pids, image_ids):

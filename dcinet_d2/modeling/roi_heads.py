@@ -1,4 +1,4 @@
-"""I-Net and DC-I-Net as Detectron2 ROIHeads (METHOD.md).
+"""I-Net and DC-I-Net as Detectron2 ROIHeads (docs/METHOD.md).
 
 Both extend StandardROIHeads (any box head: fc6/fc7 for VGG16, ``Res5BoxHead`` for ResNet C4, a small
 head for CPU configs) with a re-id branch whose embeddings ([N, D], L2-normalised) are returned at
@@ -9,6 +9,7 @@ import logging
 from typing import Dict, List
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.poolers import ROIPooler
@@ -31,7 +32,8 @@ def _pids_of(proposals: Instances) -> torch.Tensor:
 class ReIDROIHeads(StandardROIHeads):
     """Common part of I-Net and DC-I-Net: the re-id loss and embedding of given boxes.
 
-    Subclasses define ``embed_boxes(features, boxes) -> Tensor[sum R_i, D]`` and the training samples.
+    Subclasses define ``embed_boxes(features, boxes) -> Tensor[sum R_i, D]`` (embeddings before L2
+    normalisation) and the training samples.
     """
 
     @configurable
@@ -54,13 +56,20 @@ class ReIDROIHeads(StandardROIHeads):
     def forward_with_given_boxes(self, features, instances: List[Instances]) -> List[Instances]:
         """Set ``reid_embeddings`` (Tensor[N_i, D]) on each of ``instances`` from its ``pred_boxes``
         (in the coordinates of the network input)."""
-        embeddings = self.embed_boxes(features, [x.pred_boxes for x in instances])
+        embeddings = F.normalize(self.embed_boxes(features, [x.pred_boxes for x in instances]), dim=1)
         for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
             inst.reid_embeddings = emb
         return instances
 
+    def embed_detections(self, features, proposals, box_features, instances, kept) -> List[Instances]:
+        """Set ``reid_embeddings`` on the detections ``instances`` (per image; ``kept``: per image, the index of
+        the proposal each detection came from). Default: embed the refined boxes."""
+        del proposals, box_features, kept
+        return self.forward_with_given_boxes(features, instances)
+
     def _reid_losses(self, embeddings: torch.Tensor, pids: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """embeddings [sum R_i, D] of the re-id samples of each image; pids: per image, [R_i] long."""
+        """embeddings [sum R_i, D] (before L2 normalisation) of the re-id samples of each image; pids: per
+        image, [R_i] long."""
         image_ids = cat([torch.full_like(p, i) for i, p in enumerate(pids)])
         return self.reid_loss(embeddings, cat(pids), image_ids)
 
@@ -73,8 +82,8 @@ class ReIDROIHeads(StandardROIHeads):
                                                      [x.proposal_boxes for x in proposals]))
         predictions = self.box_predictor(box_features)
         if not self.training:
-            pred_instances, _ = self.box_predictor.inference(predictions, proposals)
-            return self.forward_with_given_boxes(features, pred_instances), {}
+            pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+            return self.embed_detections(features, proposals, box_features, pred_instances, kept), {}
         losses = self.box_predictor.losses(predictions, proposals)
         losses.update(self.reid_training_losses(features, proposals, targets, box_features, predictions))
         return proposals, losses
@@ -86,16 +95,32 @@ class INetROIHeads(ReIDROIHeads):
     foreground proposals (coarse boxes), each labelled with its matched person's identity."""
 
     @configurable
-    def __init__(self, *, reid_embed: EmbeddingProjection, **kwargs):
+    def __init__(self, *, reid_embed: EmbeddingProjection, embed_from: str = "proposal", **kwargs):
         super().__init__(**kwargs)
+        if embed_from not in ("proposal", "refined"):
+            raise ValueError(f"MODEL.REID.INET_EMBED must be 'proposal' or 'refined', got {embed_from!r}")
         self.reid_embed = reid_embed
+        self.embed_from = embed_from
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["reid_embed"] = EmbeddingProjection(ret["box_head"].output_shape.channels, cfg.MODEL.REID.EMBED_DIM,
                                                 cfg.MODEL.REID.EMBED_NORM)
+        ret["embed_from"] = cfg.MODEL.REID.INET_EMBED
         return ret
+
+    def embed_detections(self, features, proposals, box_features, instances, kept):
+        """I-Net retrieves from proposals (MODEL.REID.INET_EMBED "proposal"): a detection's embedding is the
+        projection of its source proposal's box-head features [1280 or C], computed once for detection."""
+        if self.embed_from == "refined":
+            return super().embed_detections(features, proposals, box_features, instances, kept)
+        offsets = torch.tensor([0] + [len(p) for p in proposals[:-1]], device=box_features.device).cumsum(0)
+        rows = cat([k + o for k, o in zip(kept, offsets)])
+        embeddings = F.normalize(self.reid_embed(box_features[rows]), dim=1)
+        for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
+            inst.reid_embeddings = emb
+        return instances
 
     def embed_boxes(self, features, boxes):
         pooled = self.box_pooler([features[f] for f in self.box_in_features], boxes)
@@ -134,7 +159,7 @@ class DCINetROIHeads(ReIDROIHeads):
     def init_reid_stage_from_pretrained(self, state_dict, root=""):
         """Called with the whole model's ``state_dict`` before it loads (PersonSearchRCNN's load hook): a
         checkpoint without re-id head weights (ImageNet) initialises the re-id head's pretrained stage from
-        the same weights as the detector's (METHOD.md: DC-I-Net's re-id head is a separate res5). ``root``:
+        the same weights as the detector's (docs/METHOD.md: DC-I-Net's re-id head is a separate res5). ``root``:
         the model's key prefix."""
         prefix = f"{root}roi_heads."
         if any(k.startswith(prefix + "reid_head.") for k in state_dict):

@@ -171,7 +171,7 @@ def test_cpu_configs_train_from_scratch_small(path):
     assert cfg.SOLVER.MAX_ITER <= 1000 and cfg.INPUT.MAX_SIZE_TRAIN <= 400
 
 
-# What each ablation changes relative to the file it builds on (METHOD.md, "Ablations").
+# What each ablation changes relative to the file it builds on (docs/METHOD.md, "Ablations").
 LOSSES = "MODEL.REID.LOSSES"
 DICT = "MODEL.REID.OLP.DICT_SIZE"
 POOL = "MODEL.REID.C2HEP.POOL_SIZE"

@@ -1,4 +1,4 @@
-"""A straightforward re-implementation of the field's person-search evaluation, written from PROTOCOLS.md
+"""A straightforward re-implementation of the field's person-search evaluation, written from docs/PROTOCOLS.md
 the way the field's code does it: files parsed with scipy.io.loadmat, Python loops per query, per gallery
 image and per detection, scikit-learn's ``average_precision_score``. Independent of dcinet_d2.evaluation
 (it imports nothing from dcinet_d2); used only by the tests and scripts/benchmark_eval.py to check that

@@ -35,3 +35,30 @@ def test_each_factor_scales_only_its_own_parameters(backbone_factor, embed_facto
         # The RPN and the box predictor share Detectron2's merged group with backbone weights: they must keep
         # the base rate (scaling whole groups once scaled them too).
         assert lr[id(p)] == pytest.approx(expected), name
+
+
+def test_classifier_factor_scales_the_gradient_step_not_the_weight_decay():
+    """One SGD step on HEP's classifier with a zero gradient moves it by the decay alone: lr * wd * w at any
+    SOLVER.CLASSIFIER_LR_FACTOR (a factor that also scaled the decay would shrink W 333x faster)."""
+    steps = {}
+    for factor in (1.0, 333.0):
+        cfg = tiny_cfg(losses=("OLP", "HEP"))
+        cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MOMENTUM = 0.01, 1e-4, 0.0
+        cfg.SOLVER.CLASSIFIER_LR_FACTOR = factor
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        w = model.roi_heads.reid_loss.hep_weight
+        before = w.detach().clone()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        steps[factor] = before - w.detach()
+        torch.testing.assert_close(steps[factor], 0.01 * 1e-4 * before)
+    # and the gradient step is scaled: a unit gradient moves W by lr * factor
+    cfg.SOLVER.WEIGHT_DECAY = 0.0
+    optimizer = build_optimizer(cfg, model)
+    before = w.detach().clone()
+    w.grad = torch.ones_like(w)
+    optimizer.step()
+    torch.testing.assert_close(before - w.detach(), torch.full_like(w, 0.01 * 333.0))

@@ -141,3 +141,39 @@ def test_detach_backbone_stops_only_the_reid_gradient_at_the_backbone(detach):
     reid = [p.grad for p in model.roi_heads.reid_head.parameters() if p.grad is not None]
     assert reid and any(g.abs().sum() > 0 for g in reid)
     assert (not backbone or all(g.abs().sum() == 0 for g in backbone)) == detach
+
+
+@pytest.mark.parametrize("embed_from", ["proposal", "refined"])
+def test_inet_embeds_each_detection_from_its_proposal(embed_from):
+    """I-Net retrieves from proposals (MODEL.REID.INET_EMBED "proposal", the paper's): a detection's embedding
+    is the box head's features of the proposal it was regressed from, not the refined box pooled again."""
+    cfg = tiny_cfg(roi_heads="INetROIHeads", losses=("OLP", "HEP"))
+    cfg.MODEL.REID.INET_EMBED = embed_from
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # a random model's detections, all kept
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    heads = model.roi_heads
+    seen = {}
+    inference = heads.box_predictor.inference
+
+    def spy(predictions, proposals):
+        seen["proposals"], (instances, seen["kept"]) = proposals, inference(predictions, proposals)
+        return instances, seen["kept"]
+
+    heads.box_predictor.inference = spy
+    batch = random_batch(num_images=2)
+    with torch.no_grad():
+        outs = model([{k: v for k, v in x.items() if k != "instances"} for x in batch])
+        features = model.backbone(model.preprocess_image(batch).tensor)
+        for i, out in enumerate(outs):
+            det = out["instances"]
+            assert len(det) > 5
+            source = Boxes(seen["proposals"][i].proposal_boxes.tensor[seen["kept"][i]])
+            one = {"res4": features["res4"][i:i + 1]}
+            from_proposal = torch.nn.functional.normalize(heads.embed_boxes(one, [source]), dim=1)
+            # the inputs are not resized (128 x 160 at MIN_SIZE_TEST 128): pred_boxes are network-input boxes
+            from_refined = torch.nn.functional.normalize(heads.embed_boxes(one, [det.pred_boxes]), dim=1)
+            assert torch.allclose(det.reid_embeddings.norm(dim=1), torch.ones(len(det)), atol=1e-5)
+            expected, other = (from_proposal, from_refined) if embed_from == "proposal" else (from_refined, from_proposal)
+            torch.testing.assert_close(det.reid_embeddings, expected, atol=1e-4, rtol=1e-4)
+            assert not torch.allclose(det.reid_embeddings, other, atol=1e-3)

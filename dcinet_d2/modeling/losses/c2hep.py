@@ -1,7 +1,7 @@
 """C2HEP loss (class-center guided HEP), DC-I-Net's classification loss.
 
 The logits are lambda times the cosine similarity of a feature to the class centers of the priority pool
-(METHOD.md, "DC-I-Net", item 3):
+(docs/METHOD.md, "DC-I-Net", item 3):
 
     p_j = e^{lambda d(x_i, c_j)} / sum_{c in P} e^{lambda d(x_i, c_c)},   L_C2HEP = -(1/n) sum_i log p_{y_i}
 

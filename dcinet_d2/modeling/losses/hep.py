@@ -1,6 +1,6 @@
 """HEP loss (Hard Example Priority softmax), I-Net's classification loss.
 
-Cross-entropy over the columns of a priority pool P only (METHOD.md, "HEP loss"):
+Cross-entropy over the columns of a priority pool P only (docs/METHOD.md, "HEP loss"):
 
     L_HEP = -(1/n) * sum_i log( e^{s_{y_i}} / sum_{t in P} e^{s_t} )
 

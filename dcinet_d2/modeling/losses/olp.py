@@ -1,6 +1,6 @@
 """OLP loss (On-line Pairing), I-Net's metric loss against an on-line feature dictionary.
 
-For anchor a_i with positive p_i and negatives n_1..n_K (METHOD.md, "OLP loss"):
+For anchor a_i with positive p_i and negatives n_1..n_K (docs/METHOD.md, "OLP loss"):
 
     L_OLP = -(1/m) * sum_i log( e^{s d(a_i,p_i)} / (e^{s d(a_i,p_i)} + sum_k e^{s d(a_i,n_k)}) )
 

@@ -1,4 +1,4 @@
-"""The priority pool of classes shared by HEP and C2HEP (METHOD.md, "HEP loss").
+"""The priority pool of classes shared by HEP and C2HEP (docs/METHOD.md, "HEP loss").
 
 Order of filling, never repeating a class:
 1. the batch's ground-truth classes (distinct, in order of first appearance);
