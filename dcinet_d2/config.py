@@ -147,6 +147,9 @@ def add_dcinet_config(cfg):
 
     # Learning rate of the backbone's parameters relative to SOLVER.BASE_LR (1.0: Detectron2's optimizer).
     cfg.SOLVER.BACKBONE_LR_FACTOR = 1.0
+    # Learning rate of the ROI box head's parameters (MODEL.ROI_BOX_HEAD: the pretrained stage run per RoI,
+    # whose features I-Net's re-id shares with detection) relative to SOLVER.BASE_LR. 1.0: Detectron2's.
+    cfg.SOLVER.BOX_HEAD_LR_FACTOR = 1.0
     # Learning rate of the re-id embedding projections (the Linear before the normalisation) relative to
     # SOLVER.BASE_LR. The embedding is L2-normalised, so its function ignores the weight's scale while a step
     # moves it by lr / |w|^2 in direction: at std-0.01 initial weights and lr 0.01 the features drift faster

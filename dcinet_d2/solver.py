@@ -1,4 +1,5 @@
 """The optimizer of train_net.py: Detectron2's, with SOLVER.BACKBONE_LR_FACTOR on the backbone's parameters,
+SOLVER.BOX_HEAD_LR_FACTOR on the ROI box head's (the layers I-Net's re-id shares with detection),
 SOLVER.EMBED_LR_FACTOR on the re-id embedding projections and SOLVER.CLASSIFIER_LR_FACTOR on the re-id losses'
 learnt classifiers."""
 from typing import List
@@ -20,9 +21,13 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = get_default_optimizer_params(
         model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
-    backbone = getattr(getattr(model, "module", model), "backbone", None)  # also under DistributedDataParallel
+    inner = getattr(model, "module", model)  # also under DistributedDataParallel
+    backbone = getattr(inner, "backbone", None)
     if backbone is not None:
         params = _scale_lr(params, backbone.parameters(), cfg.SOLVER.BACKBONE_LR_FACTOR)
+    box_head = getattr(getattr(inner, "roi_heads", None), "box_head", None)
+    if box_head is not None:
+        params = _scale_lr(params, box_head.parameters(), cfg.SOLVER.BOX_HEAD_LR_FACTOR)
     embeddings = [p for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()]
     params = _scale_lr(params, embeddings, cfg.SOLVER.EMBED_LR_FACTOR)
     classifiers = [p for m in model.modules() if isinstance(m, ReIDLoss) for p in m.parameters(recurse=False)]

@@ -13,10 +13,13 @@ def _lr_of(optimizer):
     return {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
 
 
-@pytest.mark.parametrize("backbone_factor, embed_factor, classifier_factor",
-                         [(1.0, 1.0, 1.0), (0.1, 1.0, 1.0), (1.0, 0.01, 1.0), (0.5, 0.02, 300.0), (1.0, 1.0, 50.0)])
-def test_each_factor_scales_only_its_own_parameters(backbone_factor, embed_factor, classifier_factor):
-    cfg = tiny_cfg(losses=("OLP", "HEP"))
+@pytest.mark.parametrize("backbone_factor, embed_factor, classifier_factor, box_head_factor",
+                         [(1.0, 1.0, 1.0, 1.0), (0.1, 1.0, 1.0, 1.0), (1.0, 0.01, 1.0, 1.0), (0.5, 0.02, 300.0, 1.0),
+                          (1.0, 1.0, 50.0, 1.0), (0.1, 1.0, 1.0, 0.1), (1.0, 3.0, 1.0, 0.2)])
+def test_each_factor_scales_only_its_own_parameters(backbone_factor, embed_factor, classifier_factor,
+                                                    box_head_factor):
+    cfg = tiny_cfg(roi_heads="INetROIHeads", losses=("OLP", "HEP"))
+    cfg.SOLVER.BOX_HEAD_LR_FACTOR = box_head_factor
     cfg.SOLVER.BASE_LR, cfg.SOLVER.BIAS_LR_FACTOR = 0.02, 2.0
     cfg.SOLVER.BACKBONE_LR_FACTOR, cfg.SOLVER.EMBED_LR_FACTOR = backbone_factor, embed_factor
     cfg.SOLVER.CLASSIFIER_LR_FACTOR = classifier_factor
@@ -25,13 +28,15 @@ def test_each_factor_scales_only_its_own_parameters(backbone_factor, embed_facto
     backbone = {id(p) for p in model.backbone.parameters()}
     embed = {id(p) for m in model.modules() if isinstance(m, EmbeddingProjection) for p in m.parameters()}
     classifier = {id(model.roi_heads.reid_loss.hep_weight), id(model.roi_heads.reid_loss.hep_bias)}
-    assert embed and backbone
+    box_head = {id(p) for p in model.roi_heads.box_head.parameters()}
+    assert embed and backbone and box_head
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(lr) == len(named)  # every trainable parameter once
     for name, p in named:
         expected = 0.02 * (2.0 if name.endswith(".bias") else 1.0)
         expected *= backbone_factor if id(p) in backbone else embed_factor if id(p) in embed else 1.0
         expected *= classifier_factor if id(p) in classifier else 1.0
+        expected *= box_head_factor if id(p) in box_head else 1.0
         # The RPN and the box predictor share Detectron2's merged group with backbone weights: they must keep
         # the base rate (scaling whole groups once scaled them too).
         assert lr[id(p)] == pytest.approx(expected), name
