@@ -14,12 +14,12 @@ import time
 
 import torch
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
+from detectron2.config import get_cfg  # the plain Detectron2 baseline
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import dcinet_d2  # noqa: F401
-from dcinet_d2 import add_dcinet_config
+from dcinet_d2.cli import load_config
 from dcinet_d2.testing import random_batch
 
 
@@ -47,10 +47,7 @@ def calibrate_bn(model, images):
 
 
 def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    cfg = load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
     if cfg.MODEL.REID.NUM_IDENTITIES == 0:
         cfg.MODEL.REID.NUM_IDENTITIES = 100
     return cfg

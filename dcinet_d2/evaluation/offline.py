@@ -18,9 +18,11 @@ import sys
 
 import numpy as np
 
+from ..cli import report_error
 from . import cuhk_sysu, generic, prw
 from .cbgm import ContextMatching, default_k
-from .protocol import evaluate_detection, evaluate_search
+from .detection_metrics import evaluate_detection
+from .search_metrics import evaluate_search
 from .results import gallery_detections, load_results, validate_results
 
 logger = logging.getLogger(__name__)
@@ -218,9 +220,7 @@ def main(argv=None):
                                          labeled_only=args.labeled_only, cbgm=args.cbgm, cbgm_k1=args.cbgm_k1,
                                          cbgm_k2=args.cbgm_k2)
     except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(format_table(result))
     print(json.dumps(summarize(result)))
     return 0
