@@ -15,6 +15,8 @@ import os
 import sys
 import warnings
 
+from ..cli import report_error
+
 __all__ = ["main"]
 
 logger = logging.getLogger("dcinet_d2.search")
@@ -106,19 +108,13 @@ def _check_threshold(value):
 
 def _cfg(config_file, weights, device, opts=()):
     import torch
-    from detectron2.config import get_cfg
 
-    from .. import add_dcinet_config
+    from ..cli import load_config
 
-    if not os.path.isfile(config_file):
-        raise UsageError(f"{config_file}: config file not found")
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except Exception as e:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError for bad keys
-        raise UsageError(f"{config_file}: not a dcinet-d2 config ({type(e).__name__}: {e})") from None
+        cfg = load_config(config_file, opts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return cfg
@@ -152,10 +148,10 @@ def _index_worker(args):
     root, items = _items(args)
     predictor = PersonSearchPredictor(cfg)
     if rank == 0:
-        index = open_index(args.out, cfg, det_thresh, root)
+        index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     comm.synchronize()
     if rank != 0:
-        index = open_index(args.out, cfg, det_thresh, root)
+        index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     if items is None:
         items = video_items(args.video, args.every or 1, args.fps, done=set(index.images))
     summary = index_items(predictor, items, index, batch_size=args.batch_size,
@@ -166,7 +162,8 @@ def _index_worker(args):
     comm.synchronize()
     if rank != 0:
         return None
-    final = finalize(args.out) if shard[1] == 1 or world > 1 else None
+    # One process holds every row; under launch the other processes wrote parts this one has not read.
+    final = finalize(args.out, index if world == 1 else None) if shard[1] == 1 or world > 1 else None
     _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1))
     return 0
 
@@ -217,47 +214,38 @@ def _cmd_index(args):
 
 
 def _hit_image_loader(root):
-    from .sources import read_image_bgr
+    from .sources import read_frame, read_image_bgr
 
     def load(hit):
         path = os.path.join(root, hit.image)
-        if hit.frame is None:
-            return read_image_bgr(path)
-        import cv2
-
-        capture = cv2.VideoCapture(path)
-        capture.set(cv2.CAP_PROP_POS_FRAMES, hit.frame)
-        ok, image = capture.read()
-        capture.release()
-        if not ok:
-            raise ValueError(f"{path}: frame {hit.frame} cannot be read")
-        return image
+        return read_image_bgr(path) if hit.frame is None else read_frame(path, hit.frame)
     return load
 
 
-def _query_model(args, manifest):
-    """The model of an index (its config.yaml and weights), or the one given, checked against the index."""
-    from .indexer import model_fingerprint, same_model
+def _query_model(args, index):
+    """The predictor of an index's model (its config.yaml and weights), or of the one given, checked against
+    the index's fingerprint (the weights are read once: hashed as they are loaded)."""
+    from .fingerprint import model_fingerprint, same_model
     from .predictor import PersonSearchPredictor
 
-    model = manifest.get("model") or {}
+    model = index.model or {}
     config = args.config_file or os.path.join(args.index, "config.yaml")
     weights = args.weights or model.get("weights")
     if not weights or not os.path.isfile(weights):
         raise UsageError(f"{weights}: the index's weights file is not found; give it with --weights")
     cfg = _cfg(config, weights, args.device)
-    fingerprint = model_fingerprint(cfg)
-    if fingerprint["embedding_dim"] != manifest["embedding_dim"]:
-        raise UsageError(f"{args.index}: index embeddings have dimension {manifest['embedding_dim']}, the model "
-                         f"({config}) makes {fingerprint['embedding_dim']}")
-    if not same_model(model, fingerprint):
+    if int(cfg.MODEL.REID.EMBED_DIM) != index.dim:
+        raise UsageError(f"{args.index}: index embeddings have dimension {index.dim}, the model "
+                         f"({config}) makes {cfg.MODEL.REID.EMBED_DIM}")
+    predictor = PersonSearchPredictor(cfg)
+    if not same_model(model, model_fingerprint(cfg, predictor.weights_sha256)):
         raise UsageError(f"{args.index}: the index was built by another model than {config} + {weights} (config "
                          "or weights differ): similarities between them mean nothing; index again with this model")
-    return PersonSearchPredictor(cfg)
+    return predictor
 
 
 def _cmd_query(args):
-    from .index import GalleryIndex, read_manifest
+    from .index import GalleryIndex
     from .sources import read_image_bgr
     from .vis import draw_search
 
@@ -266,14 +254,13 @@ def _cmd_query(args):
         raise UsageError(f"--top-k {args.top_k}: expected a positive number of hits")
     if not os.path.isfile(args.image):
         raise UsageError(f"{args.image}: query image not found")
-    manifest = read_manifest(args.index)
-    if args.det_thresh is not None and args.det_thresh < manifest["det_thresh"] - 1e-9:
-        logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
-                       args.det_thresh, manifest["det_thresh"], manifest["det_thresh"])
-    image = read_image_bgr(args.image)
-    predictor = _query_model(args, manifest)
-    query = predictor.embed(image, [args.box]).numpy()
     index = GalleryIndex.load(args.index)
+    if args.det_thresh is not None and args.det_thresh < index.det_thresh - 1e-9:
+        logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
+                       args.det_thresh, index.det_thresh, index.det_thresh)
+    image = read_image_bgr(args.image)
+    predictor = _query_model(args, index)
+    query = predictor.embed(image, [args.box]).numpy()
     approximate = True if args.approximate else (False if args.exact else None)
     hits = index.search(query, args.top_k, det_thresh=args.det_thresh, one_per_image=args.one_per_image,
                         approximate=approximate, exclude_images=args.exclude_image)[0]
@@ -291,7 +278,7 @@ def _cmd_query(args):
 def _print_hits(hits):
     from tabulate import tabulate
 
-    rows = [[h.rank, h.image if h.frame is None else f"{h.image}#{h.frame}", ",".join(f"{v:.0f}" for v in h.box),
+    rows = [[h.rank, h.label, ",".join(f"{v:.0f}" for v in h.box),
              f"{h.similarity:.3f}", f"{h.score:.3f}"] for h in hits]
     print(tabulate(rows, headers=["rank", "image", "box", "similarity", "det score"], tablefmt="simple"))
     if not hits:
@@ -328,11 +315,7 @@ def main(argv=None):
         print("interrupted; what was saved is kept (run the same command again to continue)", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
-        if os.environ.get("DCINET_DEBUG"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return report_error(e)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from ..fileio import atomic_open, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex"]
+__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex", "image_label", "read_manifest"]
 
 FORMAT_VERSION = 1
 # At and above this many boxes the index searches an HNSW graph instead of exact flat search: flat search
@@ -40,6 +40,13 @@ APPROX_MIN_BOXES = 100_000
 # HNSW: links per node, construction and search breadth (recall@10 >= 0.95 against exact at 1M, BENCHMARKS.md).
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 _NORM_TOLERANCE = 1e-3
+
+
+def image_label(image: str, frame: Optional[int]) -> str:
+    """How a gallery image is named to people: ``image``, or ``image#frame`` for a video frame. Index keys
+    and GalleryItems hold a still image's frame as -1 (numpy int arrays on disk), a Hit as None (JSON null);
+    both are taken here."""
+    return image if frame is None or frame < 0 else f"{image}#{frame}"
 
 
 @dataclasses.dataclass
@@ -53,6 +60,10 @@ class Hit:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def label(self) -> str:
+        return image_label(self.image, self.frame)
 
 
 def _digest(keys: Sequence[Tuple[str, int]], num_boxes: int) -> str:
@@ -136,10 +147,30 @@ class GalleryIndex:
     scores = property(lambda self: self._rows("scores"), doc="float32 [N]: detection scores")
     embeddings = property(lambda self: self._rows("embeddings"), doc="float32 [N, D]: L2-normalised")
 
-    # ------------------------------------------------------------------ search
-    def _structure(self, approximate: Optional[bool]):
-        import faiss
+    def sort(self) -> "GalleryIndex":
+        """Put the images, and their rows, in canonical order (by path, then frame; each image's rows in
+        detection order), the order :meth:`load` gives: a compacted part and ``search.faiss`` are written in
+        it. Returns ``self``."""
+        order = sorted(range(self.num_images), key=self.images.__getitem__)
+        if order == list(range(self.num_images)):
+            return self
+        new_id = np.empty(self.num_images, np.int64)
+        new_id[order] = np.arange(self.num_images)
+        entry = new_id[self.entry_image]
+        rows = np.argsort(entry, kind="stable")
+        chunks = {"entry_image": [entry[rows]], "boxes": [self.boxes[rows]], "scores": [self.scores[rows]],
+                  "embeddings": [self.embeddings[rows]]}
+        self.images = [self.images[i] for i in order]
+        self._image_ids = {key: i for i, key in enumerate(self.images)}
+        self._chunks = chunks
+        self._pending = [int(new_id[i]) for i in self._pending]
+        self._search, self.search_kind = None, None
+        return self
 
+    # ------------------------------------------------------------------ search
+    def search_structure(self, approximate: Optional[bool] = None):
+        """The faiss structure searched (built on first use): HNSW when ``approximate`` (None: at and above
+        APPROX_MIN_BOXES rows), exact flat search otherwise."""
         want = ("hnsw" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
                 and self.num_boxes > 0 else "flat")
         if self._search is None or self.search_kind != want:
@@ -173,7 +204,7 @@ class GalleryIndex:
         wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
         if wanted == 0:
             return [[] for _ in queries]
-        structure = self._structure(approximate)
+        structure = self.search_structure(approximate)
         # Filters drop rows after the search: widen k until enough rows pass (or all rows are searched).
         k = min(self.num_boxes, max(wanted * 4, 32))
         while True:
@@ -228,7 +259,7 @@ class GalleryIndex:
         if search_file and self.num_boxes:
             import faiss
 
-            structure = self._structure(None)
+            structure = self.search_structure(None)
             with atomic_open(os.path.join(path, "search.faiss"), "wb") as f:
                 f.write(faiss.serialize_index(structure).tobytes())
         write_json(os.path.join(path, "manifest.json"), self.manifest())

@@ -12,8 +12,10 @@ from typing import Callable, Iterator, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import error_line
+
 __all__ = ["IMAGE_EXTENSIONS", "GalleryItem", "UnreadableImage", "read_image_bgr", "folder_items",
-           "video_items", "open_video", "dataset_items"]
+           "video_items", "open_video", "read_frame", "dataset_items"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -77,8 +79,7 @@ def read_image_bgr(path: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, broken files
         if isinstance(e, FileNotFoundError):
             raise UnreadableImage(path, "no such file") from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnreadableImage(path, f"not a readable image ({reason})") from None
+        raise UnreadableImage(path, f"not a readable image ({error_line(e)})") from None
 
 
 def _relative(path: str, root: str) -> str:
@@ -148,6 +149,22 @@ def open_video(path: str):
     if not capture.isOpened():
         raise ValueError(f"{path}: OpenCV cannot open this file as a video")
     return capture
+
+
+def read_frame(path: str, frame: int) -> np.ndarray:
+    """Frame number ``frame`` of a video, as BGR uint8 [H, W, 3]; :class:`UnreadableImage` when it cannot be
+    decoded, FileNotFoundError / ValueError as :func:`open_video`."""
+    import cv2
+
+    capture = open_video(path)
+    try:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
+        ok, image = capture.read()
+    finally:
+        capture.release()
+    if not ok or image is None:
+        raise UnreadableImage(f"{path}#{frame}", "frame cannot be decoded")
+    return to_bgr_uint8(image, "BGR")
 
 
 def dataset_items(name: str) -> Tuple[str, Iterator[GalleryItem]]:
