@@ -94,7 +94,7 @@ def test_index_and_search_the_gallery(trained, tmp_path):
     from detectron2.data import DatasetCatalog
 
     from dcinet_d2 import add_dcinet_config
-    from dcinet_d2.evaluation.protocol import paired_iou
+    from dcinet_d2.evaluation.matching import paired_iou
     from dcinet_d2.search import GalleryIndex, PersonSearchPredictor
     from dcinet_d2.search.sources import read_image_bgr
 

@@ -22,7 +22,8 @@ from dcinet_d2 import fileio
 from dcinet_d2.data import synthetic as S
 from dcinet_d2.evaluation import cuhk_sysu as cuhk_protocol
 from dcinet_d2.evaluation.offline import evaluate_search_results, main as eval_main
-from dcinet_d2.evaluation.protocol import GalleryDetections, evaluate_search
+from dcinet_d2.evaluation.protocol import GalleryDetections
+from dcinet_d2.evaluation.search_metrics import evaluate_search
 from dcinet_d2.evaluation.results import save_results
 from dcinet_d2.resume import check_last_checkpoint
 from dcinet_d2.search.index import GalleryIndex
