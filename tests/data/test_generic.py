@@ -1,24 +1,15 @@
 """The generic gallery JSON format: splits, identities, queries, errors, registration and the COCO converter."""
-import importlib.util
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from dcinet_d2.data.generic import (
-    convert_coco_with_identity,
-    image_sizes,
-    load_search_dataset,
-    register_search_dataset,
-)
-
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import toy_datasets as fx
+from dcinet_d2.data.generic import convert_coco_with_identity, load_search_dataset, register_search_dataset
+from dcinet_d2.data.records import image_sizes
 
 
 @pytest.fixture()
