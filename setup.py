@@ -13,7 +13,7 @@ setup(
     install_requires=[],  # pinned in requirements.txt; see scripts/setup_env.sh
     entry_points={
         "console_scripts": [
-            "dcinet-eval=dcinet_d2.evaluation.offline:main",
+            "dcinet-eval=dcinet_d2.evaluation.cli:main",
             "dcinet-search=dcinet_d2.search.cli:main",
         ]
     },

@@ -9,7 +9,8 @@ import torch
 
 import eval_trees
 import reference_impl
-from dcinet_d2.evaluation.offline import SUMMARY_KEYS, evaluate_search_results, main, summarize
+from dcinet_d2.evaluation.cli import main
+from dcinet_d2.evaluation.offline import SUMMARY_KEYS, evaluate_search_results, summarize
 from dcinet_d2.evaluation.results import save_results
 
 
@@ -97,7 +98,7 @@ def test_command_line_process(tree, tmp_path):
     root, _, _ = tree
     text = tmp_path / "garbage.pth"
     text.write_bytes(np.arange(10).tobytes())
-    proc = subprocess.run([sys.executable, "-m", "dcinet_d2.evaluation.offline", "--format", "cuhk_sysu", "--root",
+    proc = subprocess.run([sys.executable, "-m", "dcinet_d2.evaluation.cli", "--format", "cuhk_sysu", "--root",
                            root, "--results", str(text)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {text}: not a results file")
