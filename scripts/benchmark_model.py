@@ -101,7 +101,8 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     median, size = time_train_steps(load_cfg(args.cpu_config), args.steps)
-    rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s (median of {args.steps}) |")
+    rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s "
+                f"(median of {args.steps}) |")
     if not args.skip_r50:
         g = torch.Generator().manual_seed(0)
         images = [(torch.rand(3, 900, 1200, generator=g) * 255).to(torch.uint8) for _ in range(args.images)]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Gallery search and indexing speed on this machine (CPU).
 
-    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--ef-search 32 64 128] [--intrinsic-dim 32]
+    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] \
+        [--ef-search 32 64 128] [--intrinsic-dim 32]
     python scripts/benchmark_search.py indexing --config-file output/demo/config.yaml \
         --weights output/demo/model_final.pth --dataset synth_cuhk_sysu_gallery [--batch-sizes 1 2 4 8]
 
@@ -55,7 +56,7 @@ def _index_with(embeddings):
         k = min(per_image, n - start)
         index.add(f"img{start // per_image:07d}.jpg", -1, np.zeros((k, 4), np.float32), np.ones(k, np.float32),
                   embeddings[start:start + k])
-    index.embeddings  # join the chunks before timing
+    _ = index.embeddings  # join the chunks before timing
     return index
 
 

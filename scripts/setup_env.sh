@@ -53,6 +53,18 @@ assert os.path.realpath(dcinet_d2.__file__).startswith(root + os.sep), dcinet_d2
     || die "$local_venv does not import this clone's dcinet_d2 ($ROOT); remove $local_venv and rerun"
 }
 
+install_lint_tools() {
+  # The pinned linter (requirements-lint.txt), added to the ready shared venv when its version differs:
+  # one wheel, never a rebuild of the heavy environment.
+  local want have
+  want="$(sed -n 's/^ruff==\([^ #]*\).*/\1/p' "$ROOT/requirements-lint.txt")"
+  have="$("$VENV/bin/ruff" --version 2>/dev/null | cut -d' ' -f2 || true)"
+  if [ "$want" != "$have" ]; then
+    "$VPY" -m pip install -q --no-deps -r "$ROOT/requirements-lint.txt" 2> >(grep -v '^WARNING: Location' >&2) \
+      || die "could not install $ROOT/requirements-lint.txt from the package registry (is PyPI reachable?)"
+  fi
+}
+
 # One build at a time per shared venv (two clones set up at once); the per-clone part needs no lock but is
 # cheap, so it runs under it too.
 mkdir -p "$(dirname "$VENV")"
@@ -61,6 +73,7 @@ flock 9
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VPY" -c 'import torch, detectron2, faiss' 2>/dev/null; then
   link_and_install_project
+  install_lint_tools
   echo "environment ready: $VENV"
   exit 0
 fi
@@ -82,4 +95,5 @@ link_and_install_project
 from detectron2 import model_zoo
 model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_C4_1x.yaml')"
 echo "$WANT" > "$STAMP"
+install_lint_tools
 echo "environment ready: $VENV"

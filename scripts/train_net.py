@@ -135,7 +135,8 @@ def cli(argv=None):
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except Exception as e:  # noqa: BLE001 - the last line of a failure under launch names its cause
-        return report_error(e, 1, last_line=True, note=f" (full traceback in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})")
+        log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
+        return report_error(e, 1, last_line=True, note=f" (full traceback in {log})")
     return 0
 
 

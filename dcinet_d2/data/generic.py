@@ -28,9 +28,7 @@ import logging
 import os
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
-from PIL import Image
+from detectron2.data import MetadataCatalog
 
 from .records import SPLITS, build_dataset_dicts, contiguous_ids, register_splits, set_num_identities
 

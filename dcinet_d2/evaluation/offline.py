@@ -8,8 +8,6 @@ normalised with a warning.
 import logging
 import os
 
-import numpy as np
-
 from . import cuhk_sysu, generic, prw
 from .cbgm import ContextMatching, default_k
 from .detection_metrics import evaluate_detection

@@ -45,7 +45,8 @@ CORRUPTIONS = {"not a .mat": _not_a_mat, "truncated": _truncated, "empty": _empt
 
 
 # (toy tree writer, loader, its files) per dataset format.
-MAT_DATASETS = {"cuhk_sysu": (fx.write_toy_cuhk, load_cuhk_sysu, CUHK_FILES), "prw": (fx.write_toy_prw, load_prw, PRW_FILES)}
+MAT_DATASETS = {"cuhk_sysu": (fx.write_toy_cuhk, load_cuhk_sysu, CUHK_FILES),
+                "prw": (fx.write_toy_prw, load_prw, PRW_FILES)}
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
