@@ -18,8 +18,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from ..checkpoint import load_weights
+from ..modeling.query import check_boxes
 
-__all__ = ["PersonSearchPredictor", "check_image", "check_boxes"]
+__all__ = ["PersonSearchPredictor", "check_image"]
 
 
 def check_image(image, what="image") -> np.ndarray:
@@ -32,28 +33,6 @@ def check_image(image, what="image") -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"{what}: expected a uint8 array [H, W, 3] in BGR order, got shape {image.shape}")
     return image
-
-
-def check_boxes(boxes, height, width, what="box") -> np.ndarray:
-    """Query boxes as float32 [k, 4], clipped to the image; ValueError for a box that is not finite,
-    inverted, of zero area, or has no part inside the ``width`` x ``height`` image."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim == 1:
-        boxes = boxes[None]
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{what}: expected boxes [k, 4] as x1, y1, x2, y2, got shape {boxes.shape}")
-    for b in boxes:
-        text = ",".join(f"{v:g}" for v in b)
-        if not np.isfinite(b).all():
-            raise ValueError(f"{what} {text}: not a finite number")
-        if b[2] <= b[0] or b[3] <= b[1]:
-            raise ValueError(f"{what} {text}: expected x1 < x2 and y1 < y2 (XYXY in pixels)")
-        if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
-            raise ValueError(f"{what} {text}: lies outside the {width}x{height} image")
-    clipped = boxes.copy()
-    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
-    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
-    return clipped.astype(np.float32)
 
 
 class PersonSearchPredictor(DefaultPredictor):
