@@ -49,7 +49,7 @@ def _parser():
     parser.add_argument("--results", required=True, help="results file (torch.save of the results dict)")
     parser.add_argument("--gallery-size", type=int, default=None,
                         help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000 or -1 (full set)")
-    parser.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold")
+    parser.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold, in [0, 1]")
     parser.add_argument("--cross-camera", action="store_true", help="PRW: cross-camera setting")
     parser.add_argument("--labeled-only", action="store_true", help="detection metrics on labelled people only")
     parser.add_argument("--cbgm", action="store_true", help="also report the search re-scored with SeqNet's context "
@@ -80,6 +80,8 @@ def main(argv=None):
     problem = None
     if not np.isfinite(args.det_thresh):
         problem = f"--det-thresh {args.det_thresh} is not a number"
+    elif not 0.0 <= args.det_thresh <= 1.0:  # detection scores are probabilities: 5 would keep nothing
+        problem = f"--det-thresh {args.det_thresh}: expected a detection score threshold in [0, 1]"
     elif args.gallery_size is not None and args.format != "cuhk_sysu":
         problem = f"--gallery-size applies to --format cuhk_sysu only (got --format {args.format})"
     elif args.cross_camera and args.format != "prw":

@@ -82,6 +82,8 @@ def test_command_line(tree, capsys):
     (["--results", "nowhere.pth"], "error: nowhere.pth: results file not found"),
     (["--gallery-size", "33"], "error: unknown CUHK-SYSU gallery size 33"),
     (["--det-thresh", "nan"], "error: --det-thresh nan is not a number"),
+    (["--det-thresh", "5"], "error: --det-thresh 5.0: expected a detection score threshold in [0, 1]"),
+    (["--det-thresh", "-1"], "error: --det-thresh -1.0: expected a detection score threshold in [0, 1]"),
     (["--cross-camera", None], "error: --cross-camera applies to --format prw only"),
     (["--format", "prw", "--gallery-size", "50"], "error: --gallery-size applies to --format cuhk_sysu only"),
 ])
