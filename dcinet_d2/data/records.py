@@ -11,6 +11,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ..errors import error_line
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPLITS", "image_sizes", "build_dataset_dicts", "contiguous_ids", "set_num_identities",
@@ -28,6 +30,8 @@ def image_sizes(image_dir, names):
         names (Iterable[str]): image names.
     Returns:
         dict[str, tuple[int, int]]: name -> (height, width) for every name found on disk (missing ones absent).
+    Raises:
+        ValueError naming the file whose header cannot be read (truncated on disk, not an image).
     """
     cache = _SIZE_CACHE.setdefault(os.path.abspath(image_dir), {})
     for name in names:
@@ -37,6 +41,8 @@ def image_sizes(image_dir, names):
                     width, height = im.size
             except FileNotFoundError:
                 continue
+            except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, broken headers
+                raise ValueError(f"{os.path.join(image_dir, name)}: not a readable image ({error_line(e)})") from None
             cache[name] = (height, width)
     return {n: cache[n] for n in names if n in cache}
 
