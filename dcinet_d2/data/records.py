@@ -132,7 +132,13 @@ def set_num_identities(dataset_name, num_identities):
 def register_splits(prefix, load, **metadata):
     """Register ``f"{prefix}_train"``, ``f"{prefix}_gallery"``, ``f"{prefix}_query"``, loaded lazily by
     ``load(split, dataset_name)``, with ``evaluator_type="person_search"``, ``split``, the gallery's
-    ``query_set`` and ``metadata`` (``dataset_format``, ``root``, ...) in the MetadataCatalog."""
+    ``query_set`` and ``metadata`` (``dataset_format``, ``root``, ...) in the MetadataCatalog. ValueError
+    saying what to do when a split of that name is already registered (nothing is registered then)."""
+    taken = [f"{prefix}_{split}" for split in SPLITS if f"{prefix}_{split}" in DatasetCatalog]
+    if taken:
+        raise ValueError(f"dataset {prefix!r}: {', '.join(repr(n) for n in taken)} already registered (by an earlier "
+                         f"call with this name, or a built-in dataset); choose another name, or first remove each "
+                         f"split with DatasetCatalog.remove(name) and MetadataCatalog.remove(name)")
     for split in SPLITS:
         name = f"{prefix}_{split}"
         DatasetCatalog.register(name, functools.partial(load, split, name))

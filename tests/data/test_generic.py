@@ -118,6 +118,22 @@ def test_register(toy):
     assert len(DatasetCatalog.get("test_generic_toy_query")) == 2
 
 
+def test_register_a_taken_name_says_which_and_what_to_do(toy):
+    """Detectron2's own refusal is an AssertionError from deep inside register(); this one names the splits,
+    says what to do, and registers nothing."""
+    json_file, root = toy
+    register_search_dataset("test_generic_twice", json_file, root)
+    with pytest.raises(ValueError) as error:
+        register_search_dataset("test_generic_twice", json_file, root)
+    message = str(error.value)
+    assert "'test_generic_twice_train', 'test_generic_twice_gallery', 'test_generic_twice_query'" in message
+    assert "already registered" in message and "choose another name" in message
+    assert "DatasetCatalog.remove" in message
+    with pytest.raises(ValueError, match="'cuhk_sysu_gallery'"):  # a built-in name
+        register_search_dataset("cuhk_sysu", json_file, root)
+    assert "cuhk_sysu_train" in DatasetCatalog and len(DatasetCatalog.get("test_generic_twice_train")) == 2
+
+
 def _coco(tmp_path):
     images = []
     for i in range(1, 6):
