@@ -1,7 +1,7 @@
 """The field's detection numbers (AP x recall, recall) of a gallery's detections, vectorised."""
 import numpy as np
 
-from .matching import paired_iou, average_precision, check_finite, csr_offsets, group_first
+from .matching import average_precision, check_finite, csr_offsets, group_first, paired_iou
 from .protocol import DetectionMetrics
 
 __all__ = ["evaluate_detection"]

@@ -11,8 +11,8 @@ import os
 from . import cuhk_sysu, generic, prw
 from .cbgm import ContextMatching, default_k
 from .detection_metrics import evaluate_detection
-from .search_metrics import evaluate_search
 from .results import gallery_detections, load_results, validate_results
+from .search_metrics import evaluate_search
 
 logger = logging.getLogger(__name__)
 

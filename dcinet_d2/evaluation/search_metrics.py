@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from .matching import paired_iou, iou_threshold, cmc_curve, check_finite, csr_offsets, ranges, group_first
+from .matching import check_finite, cmc_curve, csr_offsets, group_first, iou_threshold, paired_iou, ranges
 from .protocol import SearchMetrics
 
 logger = logging.getLogger(__name__)
