@@ -4,6 +4,7 @@
                         --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
     dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
     dcinet-search info --index INDEX_DIR
+    dcinet-search serve --index INDEX_DIR [--host 127.0.0.1] [--port 8000]   (the review page, server.py)
 
 Bad input ends in one ``error: ...`` line and exit code 2; unreadable gallery images are skipped and named.
 """
@@ -16,24 +17,18 @@ import sys
 import warnings
 
 from ..cli import report_error
+from .query import UsageError, check_threshold, model_config, parse_box
 
 __all__ = ["main"]
 
 logger = logging.getLogger("dcinet_d2.search")
 
 
-class UsageError(ValueError):
-    """Bad command-line input (exit code 2, one line)."""
-
-
 def _box(text):
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected X1,Y1,X2,Y2 (four numbers, original pixels)")
-    return values
+        return parse_box(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _shard(text):
@@ -98,26 +93,19 @@ def _parser():
 
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, help="index folder")
+
+    s = sub.add_parser("serve", help="a web page over an index: browse its frames, click or draw a person, see "
+                       "where else they appear (and the same as a JSON API)")
+    s.add_argument("--index", required=True, help="index folder (read only, never written)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the gallery "
+                        "to the network, without any login)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-upload-mb", type=float, default=20, help="largest uploaded query image, in MB")
+    s.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
+    s.add_argument("--weights", help="the model's weights (default: the file named in the index manifest)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
-
-
-def _check_threshold(value):
-    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"--det-thresh {value}: expected a detection score threshold in [0, 1]")
-
-
-def _cfg(config_file, weights, device, opts=()):
-    import torch
-
-    from ..cli import load_config
-
-    try:
-        cfg = load_config(config_file, opts)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return cfg
 
 
 def _items(args):
@@ -141,7 +129,7 @@ def _index_worker(args):
 
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = (rank, world) if world > 1 else args.shard
-    cfg = _cfg(args.config_file, args.weights, args.device, args.opts)
+    cfg = model_config(args.config_file, args.weights, args.device, args.opts)
     det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
     # The model must not drop what the index keeps.
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
@@ -191,7 +179,7 @@ def _cmd_index(args):
     import torch
     from ..distributed import launch
 
-    _check_threshold(args.det_thresh)
+    check_threshold(args.det_thresh)
     if args.batch_size < 1 or args.checkpoint_every < 1:
         raise UsageError("--batch-size and --checkpoint-every must be at least 1")
     if (args.every is not None or args.fps is not None) and not args.video:
@@ -222,34 +210,13 @@ def _hit_image_loader(root):
     return load
 
 
-def _query_model(args, index):
-    """The predictor of an index's model (its config.yaml and weights), or of the one given, checked against
-    the index's fingerprint (the weights are read once: hashed as they are loaded)."""
-    from .fingerprint import model_fingerprint, same_model
-    from .predictor import PersonSearchPredictor
-
-    model = index.model or {}
-    config = args.config_file or os.path.join(args.index, "config.yaml")
-    weights = args.weights or model.get("weights")
-    if not weights or not os.path.isfile(weights):
-        raise UsageError(f"{weights}: the index's weights file is not found; give it with --weights")
-    cfg = _cfg(config, weights, args.device)
-    if int(cfg.MODEL.REID.EMBED_DIM) != index.dim:
-        raise UsageError(f"{args.index}: index embeddings have dimension {index.dim}, the model "
-                         f"({config}) makes {cfg.MODEL.REID.EMBED_DIM}")
-    predictor = PersonSearchPredictor(cfg)
-    if not same_model(model, model_fingerprint(cfg, predictor.weights_sha256)):
-        raise UsageError(f"{args.index}: the index was built by another model than {config} + {weights} (config "
-                         "or weights differ): similarities between them mean nothing; index again with this model")
-    return predictor
-
-
 def _cmd_query(args):
-    from .index import GalleryIndex
+    from .index import GalleryIndex, Hit
+    from .query import answer_query, query_model
     from .sources import read_image_bgr
     from .vis import draw_search
 
-    _check_threshold(args.det_thresh)
+    check_threshold(args.det_thresh)
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: expected a positive number of hits")
     if not os.path.isfile(args.image):
@@ -259,13 +226,14 @@ def _cmd_query(args):
         logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
                        args.det_thresh, index.det_thresh, index.det_thresh)
     image = read_image_bgr(args.image)
-    predictor = _query_model(args, index)
-    query = predictor.embed(image, [args.box]).numpy()
+    predictor = query_model(index, args.index, args.config_file, args.weights, args.device)
     approximate = True if args.approximate else (False if args.exact else None)
-    hits = index.search(query, args.top_k, det_thresh=args.det_thresh, one_per_image=args.one_per_image,
-                        approximate=approximate, exclude_images=args.exclude_image)[0]
+    answer = answer_query(index, predictor, image, args.box, args.image, args.top_k, det_thresh=args.det_thresh,
+                          one_per_image=args.one_per_image, approximate=approximate,
+                          exclude_images=args.exclude_image)
+    hits = [Hit(**h) for h in answer["hits"]]
     if args.json:
-        print(json.dumps({"query": {"image": args.image, "box": args.box}, "hits": [h.to_dict() for h in hits]}))
+        print(json.dumps(answer))
     else:
         _print_hits(hits)
     if args.vis:
@@ -304,13 +272,55 @@ def _cmd_info(args):
     return 0
 
 
+def _is_loopback(host):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _cmd_serve(args):
+    import socket
+
+    import uvicorn
+
+    from .query import open_search
+    from .server import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 0..65535")
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise UsageError(f"--max-upload-mb {args.max_upload_mb}: expected a positive size")
+    try:  # a taken port is one line here, not uvicorn's log after the model has loaded
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    index, predictor = open_search(args.index, args.config_file, args.weights, args.device)
+    local = _is_loopback(args.host)
+    app = create_app(index, predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     allowed_hosts=["127.0.0.1", "localhost"] if local else None)
+    if not local:
+        print(f"WARNING: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine on port "
+              f"{args.port} can browse the gallery's images and run queries (there is no login)", file=sys.stderr)
+    url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"serving {args.index} ({index.num_images} images, {index.num_boxes} boxes) at "
+          f"http://{url_host}:{args.port}/  (API docs: /docs; Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv=None):
     """Command line ``dcinet-search``; returns the exit code (2 on bad input, with one "error: ..." line)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=r"torch.meshgrid", category=UserWarning)
     try:
-        return {"index": _cmd_index, "query": _cmd_query, "info": _cmd_info}[args.command](args)
+        return {"index": _cmd_index, "query": _cmd_query, "info": _cmd_info, "serve": _cmd_serve}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted; what was saved is kept (run the same command again to continue)", file=sys.stderr)
         return 130

@@ -38,3 +38,24 @@ def gallery(tmp_path_factory):
     good = (root / "s0.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
     return root
+
+
+@pytest.fixture(scope="session")
+def served_index(tiny_model, tmp_path_factory):
+    """(index folder, gallery root) for the review server: 6 scenes (two in "cam 2/") and ``link.jpg``, a
+    symbolic link to an image outside the gallery root (indexed, never to be served)."""
+    from dcinet_d2.search.cli import main
+
+    base = tmp_path_factory.mktemp("served")
+    root, outside = base / "gallery", base / "outside"
+    os.makedirs(root / "cam 2")
+    os.makedirs(outside)
+    for i in range(6):
+        cv2.imwrite(str(root / (f"f{i}.jpg" if i < 4 else f"cam 2/f{i}.jpg")), scene(10 + i, 240, 320))
+    cv2.imwrite(str(outside / "secret.jpg"), scene(99))
+    os.symlink(outside / "secret.jpg", root / "link.jpg")
+    out = base / "index"
+    code = main(["index", "--config-file", tiny_model[0], "--weights", tiny_model[1], "--images", str(root),
+                 "--out", str(out), "--det-thresh", "0.3", "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out, root
