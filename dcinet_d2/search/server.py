@@ -4,7 +4,8 @@ model, loaded once.
     app = create_app(index, predictor)           # from query.open_search(index_dir)
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Routes (OpenAPI docs at /docs); the page (static/) is one client of the JSON API:
+Routes (OpenAPI docs at /docs, Swagger UI served from here too); the page (static/) is one client of the JSON
+API:
 
     GET  /                      the page
     GET  /api/info              counts, thresholds and limits of the index
@@ -91,6 +92,26 @@ def _jpeg(image: np.ndarray) -> Response:
     return Response(data.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
+def _add_docs(app: FastAPI):
+    """OpenAPI docs at /docs with Swagger UI's files from the swagger-ui-py wheel, served here."""
+    import importlib.util
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None:
+        raise ImportError("swagger-ui-py is not installed: bash scripts/setup_env.sh installs requirements-serve.txt")
+    assets = os.path.join(list(spec.submodule_search_locations)[0], "static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="dcinet-search API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
 def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                allowed_hosts: Optional[List[str]] = None) -> FastAPI:
     """The app serving ``index`` (a loaded :class:`GalleryIndex`, never written) and querying it with
@@ -101,7 +122,8 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
         allowed_hosts: accepted ``Host`` headers (e.g. 127.0.0.1 and localhost when bound there, which keeps
             other web sites from reaching the server through DNS rebinding); None accepts any.
     """
-    app = FastAPI(title="dcinet-search", description="Search a gallery index for a person: click or draw a box.")
+    app = FastAPI(title="dcinet-search", description="Search a gallery index for a person: click or draw a box.",
+                  docs_url=None, redoc_url=None)
     root = os.path.realpath(index.gallery_root)
     lock = threading.Lock()
     ids = {key: i for i, key in enumerate(index.images)}
@@ -233,6 +255,7 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
         return answer(pixels, box_values, name, top_k=top_k, det_thresh=det_thresh, one_per_image=one_per_image)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_docs(app)
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_SLACK_BYTES)
     if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -74,7 +74,7 @@ def _wait(driver, condition, what):
     try:
         return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d))
     except Exception as e:  # noqa: BLE001 - say what the page did not show, and its status line
-        status = driver.find_element("id", "status").text
+        status = [e.text for e in driver.find_elements("id", "status")]
         raise AssertionError(f"the page did not show {what} (status line: {status!r})") from e
 
 
@@ -158,3 +158,10 @@ def test_upload_an_image_and_drag_a_box(browser, server):
     _drag(driver, driver.find_element("id", "overlay"), (-70, -60), (10, 50))
     _wait(driver, lambda d: _hit_labels(d), "the upload's hits")
     assert driver.find_element("id", "query-label").text.startswith("Query: f2.jpg, box ")
+
+
+def test_api_docs_render_from_local_files(browser, server):
+    browser.get(server["url"] + "docs")
+    operations = _wait(browser, lambda d: d.find_elements("css selector", ".opblock-summary-path"), "the API docs")
+    paths = {op.get_attribute("data-path") or op.text for op in operations}
+    assert {"/api/query", "/api/query/upload", "/api/frames"} <= paths

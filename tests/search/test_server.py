@@ -61,7 +61,11 @@ def test_page_static_files_and_openapi_docs(served):
     for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()  # the docs, too, work without the internet
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/info", "/api/frames", "/api/frame", "/api/frame/image", "/api/frame/crop", "/api/query",
             "/api/query/upload"} <= set(paths)
