@@ -3,6 +3,7 @@
     dcinet-search index --config-file CFG --weights W (--images DIR | --video FILE [--every N | --fps R] |
                         --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
     dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
+                        [--camera NAME ...] [--since ISO] [--until ISO]
     dcinet-search info --index INDEX_DIR
     dcinet-search serve --index INDEX_DIR [--host 127.0.0.1] [--port 8000]   (the review page, server.py)
 
@@ -17,7 +18,7 @@ import sys
 import warnings
 
 from ..cli import report_error
-from .query import UsageError, check_threshold, model_config, parse_box
+from .query import UsageError, check_threshold, model_config, parse_box, parse_time
 
 __all__ = ["main"]
 
@@ -55,6 +56,10 @@ def _parser():
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--every", type=int, default=None, help="video: index one frame every N frames")
     rate.add_argument("--fps", type=float, default=None, help="video: index about this many frames a second")
+    p.add_argument("--camera", help="camera (source) name of every image indexed now (default: the first folder "
+                   "under --images, the video's file name)")
+    p.add_argument("--video-start", help="video: when its first frame was taken (ISO 8601, UTC unless an offset "
+                   "is given); frame times follow from the frame rate")
     p.add_argument("--out", required=True, help="index folder (created, or extended if it exists)")
     p.add_argument("--det-thresh", type=float, default=None,
                    help="keep detections with at least this score (default: the config's TEST.PERSON_SEARCH."
@@ -85,6 +90,11 @@ def _parser():
     exact = q.add_mutually_exclusive_group()
     exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
     exact.add_argument("--approximate", action="store_true", help="approximate search (faiss HNSW)")
+    q.add_argument("--camera", action="append", default=None,
+                   help="only gallery images of this camera (source); repeatable")
+    q.add_argument("--since", help="only gallery images taken at or after this ISO 8601 time (UTC unless an "
+                   "offset is given); images of unknown time are left out")
+    q.add_argument("--until", help="only gallery images taken at or before this ISO 8601 time")
     q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     q.add_argument("--vis", help="write a PNG: the query crop beside the top-k gallery images with their hits")
     q.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
@@ -112,7 +122,7 @@ def _items(args):
     from .sources import dataset_items, folder_items, open_video
 
     if args.images:
-        return os.path.abspath(args.images), list(folder_items(args.images))
+        return os.path.abspath(args.images), list(folder_items(args.images, camera=args.camera))
     if args.dataset:
         root, items = dataset_items(args.dataset)
         return root, list(items)
@@ -141,7 +151,8 @@ def _index_worker(args):
     if rank != 0:
         index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     if items is None:
-        items = video_items(args.video, args.every or 1, args.fps, done=set(index.images))
+        items = video_items(args.video, args.every or 1, args.fps, done=set(index.images), camera=args.camera,
+                            start=parse_time(args.video_start, "--video-start"))
     summary = index_items(predictor, items, index, batch_size=args.batch_size,
                           checkpoint_every=args.checkpoint_every, shard=shard,
                           total=len(items) if isinstance(items, list) else None,
@@ -182,8 +193,11 @@ def _cmd_index(args):
     check_threshold(args.det_thresh)
     if args.batch_size < 1 or args.checkpoint_every < 1:
         raise UsageError("--batch-size and --checkpoint-every must be at least 1")
-    if (args.every is not None or args.fps is not None) and not args.video:
-        raise UsageError("--every and --fps apply to --video only")
+    if (args.every is not None or args.fps is not None or args.video_start) and not args.video:
+        raise UsageError("--every, --fps and --video-start apply to --video only")
+    if args.camera is not None and args.dataset:
+        raise UsageError("--camera applies to --images and --video")
+    parse_time(args.video_start, "--video-start")
     if args.every is not None and args.every < 1:
         raise UsageError(f"--every {args.every}: expected a positive number of frames")
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
@@ -225,12 +239,15 @@ def _cmd_query(args):
     if args.det_thresh is not None and args.det_thresh < index.det_thresh - 1e-9:
         logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
                        args.det_thresh, index.det_thresh, index.det_thresh)
+    since, until = parse_time(args.since, "--since"), parse_time(args.until, "--until")
+    if since is not None and until is not None and until < since:
+        raise UsageError(f"--until {args.until} is before --since {args.since}")
     image = read_image_bgr(args.image)
     predictor = query_model(index, args.index, args.config_file, args.weights, args.device)
     approximate = True if args.approximate else (False if args.exact else None)
     answer = answer_query(index, predictor, image, args.box, args.image, args.top_k, det_thresh=args.det_thresh,
                           one_per_image=args.one_per_image, approximate=approximate,
-                          exclude_images=args.exclude_image)
+                          exclude_images=args.exclude_image, cameras=args.camera, since=since, until=until)
     hits = [Hit(**h) for h in answer["hits"]]
     if args.json:
         print(json.dumps(answer))
@@ -248,7 +265,11 @@ def _print_hits(hits):
 
     rows = [[h.rank, h.label, ",".join(f"{v:.0f}" for v in h.box),
              f"{h.similarity:.3f}", f"{h.score:.3f}"] for h in hits]
-    print(tabulate(rows, headers=["rank", "image", "box", "similarity", "det score"], tablefmt="simple"))
+    headers = ["rank", "image", "box", "similarity", "det score"]
+    if any(h.camera or h.time for h in hits):
+        rows = [row + [h.camera or "", h.time or ""] for row, h in zip(rows, hits)]
+        headers += ["camera", "time"]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
     if not hits:
         print("(no gallery detection passes the filters)")
 

@@ -140,7 +140,7 @@ def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
             for (item, _), out in zip(loaded, outputs):
                 keep = out.scores >= index.det_thresh
                 index.add(item.image, item.frame, out.pred_boxes.tensor[keep].numpy(), out.scores[keep].numpy(),
-                          out.reid_embeddings[keep].numpy())
+                          out.reid_embeddings[keep].numpy(), camera=item.camera, time=item.read_time())
                 summary["indexed"] += 1
                 summary["detections"] += int(keep.sum())
             since_save += len(loaded)

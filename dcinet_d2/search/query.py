@@ -6,13 +6,15 @@ loaded once and checked against the index, and the answer in the JSON contract o
     # {"query": {"image": "q.jpg", "box": [x1, y1, x2, y2]},
     #  "hits": [{"rank", "image", "frame", "box", "score", "similarity"}, ...]}
 """
+import datetime
 import math
 import os
 from typing import Optional, Sequence
 
 from .index import GalleryIndex
 
-__all__ = ["UsageError", "parse_box", "check_threshold", "model_config", "query_model", "open_search", "answer_query"]
+__all__ = ["UsageError", "parse_box", "parse_time", "check_threshold", "model_config", "query_model", "open_search",
+           "answer_query"]
 
 
 class UsageError(ValueError):
@@ -28,6 +30,20 @@ def parse_box(text: str):
     if len(values) != 4:
         raise UsageError(f"box {text!r}: expected X1,Y1,X2,Y2 (four numbers, original pixels)")
     return values
+
+
+def parse_time(text: Optional[str], what: str = "time") -> Optional[float]:
+    """An ISO 8601 date or date and time (``2026-01-02``, ``2026-01-02T03:04:05``, with ``Z`` or an offset;
+    without one it is UTC, as the index's EXIF times) -> POSIX seconds; None for None or ""."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: expected an ISO 8601 date and time, e.g. 2026-01-02T03:04:05") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 def check_threshold(value, what="--det-thresh"):
@@ -84,9 +100,12 @@ def open_search(index_dir: str, config_file: Optional[str] = None, weights: Opti
 
 def answer_query(index: GalleryIndex, predictor, image, box: Sequence[float], image_name: str, top_k: int = 10,
                  det_thresh: Optional[float] = None, one_per_image: bool = False,
-                 approximate: Optional[bool] = None, exclude_images: Sequence[str] = ()) -> dict:
+                 approximate: Optional[bool] = None, exclude_images: Sequence[str] = (),
+                 cameras: Optional[Sequence[str]] = None, since: Optional[float] = None,
+                 until: Optional[float] = None) -> dict:
     """The ranked hits of the person in ``box`` (XYXY, original pixels) of ``image`` (BGR uint8), in the JSON
-    contract of ``dcinet-search query --json``; ``image_name`` is how the answer names the query image.
+    contract of ``dcinet-search query --json``; ``image_name`` is how the answer names the query image;
+    ``cameras``, ``since`` and ``until`` (POSIX seconds) filter inside the search (GalleryIndex.search).
     UsageError for a bad top-k or threshold, ValueError (from the predictor) for a bad box."""
     check_threshold(det_thresh)
     if top_k < 1:
@@ -94,5 +113,6 @@ def answer_query(index: GalleryIndex, predictor, image, box: Sequence[float], im
     box = [float(v) for v in box]
     query = predictor.embed(image, [box]).numpy()
     hits = index.search(query, top_k, det_thresh=det_thresh, one_per_image=one_per_image,
-                        approximate=approximate, exclude_images=exclude_images)[0]
+                        approximate=approximate, exclude_images=exclude_images, cameras=cameras or None,
+                        since=since, until=until)[0]
     return {"query": {"image": image_name, "box": box}, "hits": [h.to_dict() for h in hits]}

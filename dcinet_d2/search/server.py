@@ -33,8 +33,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from ..errors import error_line
-from .index import GalleryIndex, image_label
-from .query import UsageError, answer_query, parse_box
+from .index import GalleryIndex, image_label, iso_time
+from .query import UsageError, answer_query, parse_box, parse_time
 from .sources import UnreadableImage, read_frame, read_image_bgr
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "MAX_TOP_K", "STATIC_DIR"]
@@ -55,6 +55,9 @@ class QueryRequest(BaseModel):
     det_thresh: Optional[float] = Field(None, ge=0, le=1, description="only gallery detections scoring this or more")
     one_per_image: bool = Field(False, description="at most one hit per gallery image (frame)")
     exclude_images: List[str] = Field([], description="gallery images whose detections are left out")
+    cameras: List[str] = Field([], description="only gallery images of these cameras (empty: any)")
+    since: Optional[str] = Field(None, description="only gallery images taken at or after this ISO 8601 time")
+    until: Optional[str] = Field(None, description="only gallery images taken at or before this ISO 8601 time")
 
 
 class _BodyLimit:
@@ -81,6 +84,13 @@ class _BodyLimit:
                 await JSONResponse({"detail": message}, status_code=status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _within(seconds: float, since: Optional[float], until: Optional[float]) -> bool:
+    """Whether a frame's time (NaN = unknown) passes a span; with no span every frame does."""
+    if since is None and until is None:
+        return True
+    return np.isfinite(seconds) and (since is None or seconds >= since) and (until is None or seconds <= until)
 
 
 def _jpeg(image: np.ndarray) -> Response:
@@ -152,6 +162,12 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
         except (UnreadableImage, OSError, ValueError) as e:
             raise HTTPException(404, f"{image_label(image, frame)}: cannot be read ({error_line(e)})") from None
 
+    def when(since, until):
+        try:
+            return {"since": parse_time(since, "since"), "until": parse_time(until, "until")}
+        except UsageError as e:
+            raise HTTPException(422, str(e)) from None
+
     def answer(image, box, name, **options):
         try:
             with lock:
@@ -163,6 +179,7 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
         image, frame = index.images[i]
         frame = None if frame < 0 else frame
         return {"image": image, "frame": frame, "label": image_label(image, frame),
+                "camera": index.cameras[i] or None, "time": iso_time(index.times[i]),
                 "detections": int(boxes_per_image[i])}
 
     @app.get("/", include_in_schema=False)
@@ -172,16 +189,25 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
     @app.get("/api/info")
     def info():
         """What the index holds and the limits of this server."""
+        times = np.asarray(index.times, np.float64)
+        known = times[np.isfinite(times)]
         return {"num_images": index.num_images, "num_boxes": index.num_boxes, "embedding_dim": index.dim,
                 "det_thresh": index.det_thresh, "search": index.search_kind or "flat",
+                "cameras": sorted({c for c in index.cameras if c}),
+                "first_time": iso_time(known.min()) if len(known) else None,
+                "last_time": iso_time(known.max()) if len(known) else None,
                 "max_upload_bytes": max_upload_bytes, "max_top_k": MAX_TOP_K}
 
     @app.get("/api/frames")
-    def frames(offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500)):
-        """The gallery's frames in the index's order (by path, then frame), ``limit`` from ``offset``."""
-        stop = min(index.num_images, offset + limit)
-        return {"total": index.num_images, "offset": offset,
-                "frames": [frame_entry(i) for i in range(offset, stop)]}
+    def frames(offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500),
+               camera: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None):
+        """The gallery's frames in the index's order (by path, then frame), ``limit`` from ``offset``, of one
+        camera and within a time span when asked."""
+        span = when(since, until)
+        chosen = [i for i in range(index.num_images) if (camera is None or index.cameras[i] == camera)
+                  and _within(index.times[i], **span)]
+        return {"total": len(chosen), "offset": offset,
+                "frames": [frame_entry(i) for i in chosen[offset:offset + limit]]}
 
     @app.get("/api/frame")
     def frame_detections(image: str, frame: Optional[int] = None):
@@ -230,14 +256,17 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
         pixels = read(request.image, request.frame)
         return answer(pixels, request.box, image_label(request.image, request.frame), top_k=request.top_k,
                       det_thresh=request.det_thresh, one_per_image=request.one_per_image,
-                      exclude_images=request.exclude_images)
+                      exclude_images=request.exclude_images, cameras=request.cameras,
+                      **when(request.since, request.until))
 
     @app.post("/api/query/upload")
     def query_upload(file: Annotated[UploadFile, File(description="the query image (JPEG, PNG, BMP, WebP)")],
                      box: Annotated[str, Form(description="X1,Y1,X2,Y2 in the uploaded image's pixels")],
                      top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
                      det_thresh: Annotated[Optional[float], Form(ge=0, le=1)] = None,
-                     one_per_image: Annotated[bool, Form()] = False):
+                     one_per_image: Annotated[bool, Form()] = False,
+                     cameras: Annotated[List[str], Form()] = (),
+                     since: Annotated[Optional[str], Form()] = None, until: Annotated[Optional[str], Form()] = None):
         """As /api/query, the person in ``box`` of an uploaded image."""
         name = file.filename or "upload"
         data = file.file.read(max_upload_bytes + 1)
@@ -252,7 +281,8 @@ def create_app(index: GalleryIndex, predictor, max_upload_bytes: int = DEFAULT_M
             pixels = read_image_bgr(io.BytesIO(data))
         except UnreadableImage as e:
             raise HTTPException(415, f"upload {name!r}: {e.reason}") from None
-        return answer(pixels, box_values, name, top_k=top_k, det_thresh=det_thresh, one_per_image=one_per_image)
+        return answer(pixels, box_values, name, top_k=top_k, det_thresh=det_thresh, one_per_image=one_per_image,
+                      cameras=list(cameras), **when(since, until))
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_docs(app)

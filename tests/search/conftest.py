@@ -42,8 +42,11 @@ def gallery(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served_index(tiny_model, tmp_path_factory):
-    """(index folder, gallery root) for the review server: 6 scenes (two in "cam 2/") and ``link.jpg``, a
-    symbolic link to an image outside the gallery root (indexed, never to be served)."""
+    """(index folder, gallery root) for the review server: 6 scenes (two in "cam 2/"; f0..f2 with EXIF
+    DateTime 2026-01-02 10:00, 10:05, 10:10) and ``link.jpg``, a symbolic link to an image outside the gallery
+    root (indexed, never to be served)."""
+    from PIL import Image
+
     from dcinet_d2.search.cli import main
 
     base = tmp_path_factory.mktemp("served")
@@ -52,6 +55,11 @@ def served_index(tiny_model, tmp_path_factory):
     os.makedirs(outside)
     for i in range(6):
         cv2.imwrite(str(root / (f"f{i}.jpg" if i < 4 else f"cam 2/f{i}.jpg")), scene(10 + i, 240, 320))
+    for i in range(3):
+        with Image.open(root / f"f{i}.jpg") as img:
+            exif = Image.Exif()
+            exif[306] = f"2026:01:02 10:{5 * i:02d}:00"  # DateTime
+            img.save(root / f"f{i}.jpg", exif=exif, quality=95)
     cv2.imwrite(str(outside / "secret.jpg"), scene(99))
     os.symlink(outside / "secret.jpg", root / "link.jpg")
     out = base / "index"

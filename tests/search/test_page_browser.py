@@ -1,7 +1,7 @@
 """The review page as a person uses it, in a real headless Chromium (Selenium driving Debian's ``chromium`` with
 its ``chromium-driver``) against ``dcinet-search serve``'s app on a real socket: open the page, open a frame,
-click a person, see the ranked hits (the API's answer, in order), open a hit's frame with its box drawn, drag
-a box, query an uploaded image.
+click a person, see the ranked hits (the API's answer, in order), narrow them to a camera, open a hit's frame
+with its box drawn, drag a box, query an uploaded image, read the API docs.
 
 With $DCINET_SCREENSHOT=PATH the results view is saved there as a small PNG (the README's picture:
 ``DCINET_SCREENSHOT=docs/search_page.png``). Without Chromium the test skips naming what to install; with
@@ -135,8 +135,20 @@ def test_click_a_person_see_ranked_hits_open_a_hit(browser, server):
     if os.environ.get(SCREENSHOT_ENV):
         _save_screenshot(driver, os.environ[SCREENSHOT_ENV])
 
+    # Narrow to one camera: the same query again, its hits only from that camera; the grid too.
+    from selenium.webdriver.support.select import Select
+
+    Select(driver.find_element("id", "camera")).select_by_value("cam 2")
+    expected = answer_query(index, server["predictor"], read_image_bgr(str(server["root"] / "f1.jpg")),
+                            [round(v, 2) for v in box], "f1.jpg", top_k=10, det_thresh=index.det_thresh,
+                            one_per_image=True, exclude_images=["f1.jpg"], cameras=["cam 2"])["hits"]
+    assert sorted(h["image"] for h in expected) == ["cam 2/f4.jpg", "cam 2/f5.jpg"]
+    _wait(driver, lambda d: _hit_labels(d) == [h["image"] for h in expected], "the hits of camera 'cam 2'")
+    _wait(driver, lambda d: len(d.find_elements("css selector", "#grid .thumb")) == 2, "the grid of camera 'cam 2'")
+    assert "cam 2" in driver.find_element("css selector", "#hits .hit").text
+
     # Open the first hit's frame: that frame, with the hit's box drawn.
-    first.click()
+    driver.find_element("css selector", "#hits .hit").click()
     _wait(driver, lambda d: d.find_element("id", "viewer-title").text == expected[0]["image"], "the hit's frame")
     marked = _wait(driver, lambda d: d.find_elements("css selector", "#overlay rect.hit-box"), "the hit's box")
     assert float(marked[0].get_attribute("x")) == pytest.approx(expected[0]["box"][0], abs=0.01)

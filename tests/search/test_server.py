@@ -81,8 +81,19 @@ def test_info_and_paginated_frames(served):
     assert first["total"] == 7 and len(first["frames"]) == 4 and len(rest["frames"]) == 3
     frames = first["frames"] + rest["frames"]
     assert [f["image"] for f in frames] == [image for image, _ in index.images]
-    assert frames[0] == {"image": "cam 2/f4.jpg", "frame": None, "label": "cam 2/f4.jpg",
-                         "detections": int((index.entry_image == 0).sum())}
+    assert frames[0] == {"image": "cam 2/f4.jpg", "frame": None, "label": "cam 2/f4.jpg", "camera": "cam 2",
+                         "time": None, "detections": int((index.entry_image == 0).sum())}
+    assert frames[3] == {"image": "f1.jpg", "frame": None, "label": "f1.jpg", "camera": None,
+                         "time": "2026-01-02T10:05:00Z", "detections": int((index.entry_image == 3).sum())}
+    assert info["cameras"] == ["cam 2"]
+    assert (info["first_time"], info["last_time"]) == ("2026-01-02T10:00:00Z", "2026-01-02T10:10:00Z")
+    # The grid of one camera, of a time span.
+    cam = client.get("/api/frames", params={"camera": "cam 2"}).json()
+    assert cam["total"] == 2 and [f["image"] for f in cam["frames"]] == ["cam 2/f4.jpg", "cam 2/f5.jpg"]
+    span = client.get("/api/frames", params={"since": "2026-01-02T10:03", "until": "2026-01-02T11:05:00+01:00"})
+    assert [f["image"] for f in span.json()["frames"]] == ["f1.jpg"]
+    bad = client.get("/api/frames", params={"since": "yesterday"})
+    assert bad.status_code == 422 and "ISO 8601" in bad.json()["detail"]
     assert sum(f["detections"] for f in frames) == index.num_boxes
     assert client.get("/api/frames", params={"limit": 0}).status_code == 422
 
@@ -132,6 +143,25 @@ def test_upload_query_equals_the_gallery_query(served):
     gallery = client.post("/api/query", json={"image": "f1.jpg", "box": box, "top_k": 4}).json()
     assert upload.json()["query"] == {"image": "me.jpg", "box": box}
     assert upload.json()["hits"] == gallery["hits"]
+
+
+def test_camera_and_time_filters_act_inside_the_search(served):
+    client, index = served["client"], served["index"]
+    box = _person(index)
+    every = client.post("/api/query", json={"image": "f1.jpg", "box": box, "top_k": 500}).json()["hits"]
+    cam = client.post("/api/query", json={"image": "f1.jpg", "box": box, "top_k": 5,
+                                          "cameras": ["cam 2"]}).json()["hits"]
+    assert cam == [dict(h, rank=r) for r, h in enumerate([h for h in every if h["camera"] == "cam 2"][:5], 1)]
+    span = client.post("/api/query", json={"image": "f1.jpg", "box": box, "top_k": 500, "one_per_image": True,
+                                           "since": "2026-01-02T10:05:00Z"}).json()["hits"]
+    assert sorted(h["image"] for h in span) == ["f1.jpg", "f2.jpg"]
+    assert {h["time"] for h in span} == {"2026-01-02T10:05:00Z", "2026-01-02T10:10:00Z"}
+    data = (served["root"] / "f1.jpg").read_bytes()
+    upload = client.post("/api/query/upload", files={"file": ("me.jpg", data, "image/jpeg")},
+                         data={"box": ",".join(map(str, box)), "top_k": "5", "cameras": ["cam 2"]}).json()
+    assert upload["hits"] == cam
+    r = client.post("/api/query", json={"image": "f1.jpg", "box": box, "until": "10 o'clock"})
+    assert r.status_code == 422 and "until" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("image", ["../../etc/passwd", "/etc/passwd", "../outside/secret.jpg", "link.jpg",

@@ -4,7 +4,7 @@
 const PAGE_SIZE = 24;
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { page: 0, total: 0, open: null, upload: null, drag: null };
+const state = { page: 0, total: 0, open: null, upload: null, drag: null, last: null };
 
 function params(obj) {
   const p = new URLSearchParams();
@@ -39,10 +39,30 @@ async function loadInfo() {
   thresh.min = info.det_thresh;
   thresh.value = info.det_thresh;
   $("top-k").max = info.max_top_k;
+  for (const camera of info.cameras) {
+    const option = document.createElement("option");
+    option.value = option.textContent = camera;
+    $("camera").append(option);
+  }
+  $("camera-control").hidden = info.cameras.length === 0;
+  $("time-control").hidden = !info.first_time;
+  if (info.first_time) {
+    $("since").min = $("until").min = info.first_time.slice(0, 19);
+    $("since").max = $("until").max = info.last_time.slice(0, 19);
+  }
+}
+
+// The camera and time span chosen (empty: any); times are read as UTC, as the index holds them.
+function where() {
+  return { camera: $("camera").value || null, since: $("since").value || null, until: $("until").value || null };
+}
+
+function placeAndTime(item) {
+  return [item.camera, item.time && item.time.replace("T", " ").replace("Z", " UTC")].filter(Boolean).join(" · ");
 }
 
 async function loadPage(page) {
-  const data = await api("/api/frames?" + params({ offset: page * PAGE_SIZE, limit: PAGE_SIZE }));
+  const data = await api("/api/frames?" + params({ offset: page * PAGE_SIZE, limit: PAGE_SIZE, ...where() }));
   state.page = page;
   state.total = data.total;
   const pages = Math.max(1, Math.ceil(data.total / PAGE_SIZE));
@@ -58,7 +78,7 @@ async function loadPage(page) {
     b.dataset.image = f.image;
     b.dataset.label = f.label;
     if (f.frame !== null) b.dataset.frame = f.frame;
-    b.title = f.label;
+    b.title = [f.label, placeAndTime(f)].filter(Boolean).join("\n");
     const img = document.createElement("img");
     img.loading = "lazy";
     img.alt = f.label;
@@ -136,28 +156,41 @@ async function openUpload(file) {
 }
 
 function controls() {
+  const w = where();
   return {
     top_k: Number($("top-k").value) || 10,
     det_thresh: Number($("det-thresh").value),
     one_per_image: $("one-per-image").checked,
+    cameras: w.camera ? [w.camera] : [],
+    since: w.since,
+    until: w.until,
   };
 }
 
-async function runQuery(box) {
+// Queries `box` of the open frame or upload (`source`: the one of an earlier query, when filters change).
+async function runQuery(box, source) {
   box = box.map((v) => Math.round(v * 100) / 100);
-  for (const r of $("overlay").querySelectorAll(".query-box, .hit-box")) r.remove();
-  rect(box, "query-box");
+  const rerun = Boolean(source);
+  source = source || { open: state.open, upload: state.upload };
+  state.last = { box, source };
+  if (!rerun) {
+    for (const r of $("overlay").querySelectorAll(".query-box, .hit-box")) r.remove();
+    rect(box, "query-box");
+  }
   status("searching…");
   try {
     let answer;
-    if (state.upload) {
+    if (source.upload) {
       const form = new FormData();
-      form.append("file", state.upload);
+      form.append("file", source.upload);
       form.append("box", box.join(","));
-      for (const [k, v] of Object.entries(controls())) form.append(k, v);
+      for (const [k, v] of Object.entries(controls())) {
+        if (Array.isArray(v)) for (const one of v) form.append(k, one);
+        else if (v !== null) form.append(k, v);
+      }
       answer = await api("/api/query/upload", { method: "POST", body: form });
     } else {
-      const { image, frame } = state.open;
+      const { image, frame } = source.open;
       const body = { image, frame, box, ...controls(),
                      exclude_images: $("exclude-query").checked && frame === null ? [image] : [] };
       answer = await api("/api/query", { method: "POST", headers: { "Content-Type": "application/json" },
@@ -188,8 +221,9 @@ function showHits(answer) {
     img.src = cropUrl(h.image, h.frame, h.box);
     const text = document.createElement("span");
     text.innerHTML = `<span class="rank">#${h.rank}</span> sim <b>${h.similarity.toFixed(3)}</b><br>` +
-      `det ${h.score.toFixed(3)}<span class="label"></span>`;
+      `det ${h.score.toFixed(3)}<span class="label"></span><span class="label where"></span>`;
     text.querySelector(".label").textContent = label(h.image, h.frame);
+    text.querySelector(".where").textContent = placeAndTime(h);
     b.append(img, text);
     b.addEventListener("click", () => openFrame(h.image, h.frame, h.box).catch((e) => status(e.message, true)));
     li.append(b);
@@ -241,6 +275,12 @@ function start() {
   $("upload").addEventListener("change", (ev) => {
     if (ev.target.files.length) openUpload(ev.target.files[0]).catch((e) => status(e.message, true));
   });
+  for (const id of ["camera", "since", "until"]) {
+    $(id).addEventListener("change", () => {
+      loadPage(0).catch((e) => status(e.message, true));
+      if (state.last) runQuery(state.last.box, state.last.source);
+    });
+  }
   $("det-thresh").addEventListener("change", () => {
     if (state.open) openFrame(state.open.image, state.open.frame).catch((e) => status(e.message, true));
   });
