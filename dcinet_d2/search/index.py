@@ -113,6 +113,7 @@ class GalleryIndex:
                         "scores": [np.zeros(0, np.float32)], "embeddings": [np.zeros((0, self.dim), np.float32)]}
         self._pending = []  # image ids added since the last save
         self._search, self.search_kind = None, None
+        self._place_time = None  # (cameras U [num_images], times float64 [num_images]), built for filters
 
     # ------------------------------------------------------------------ rows
     @property
@@ -153,6 +154,7 @@ class GalleryIndex:
         self.images.append(key)
         self.cameras.append(str(camera))
         self.times.append(float(time))
+        self._place_time = None
         for name, value in (("entry_image", np.full(len(scores), self._image_ids[key])), ("boxes", boxes),
                             ("scores", scores), ("embeddings", embeddings)):
             self._chunks[name].append(value)
@@ -188,7 +190,7 @@ class GalleryIndex:
         self._image_ids = {key: i for i, key in enumerate(self.images)}
         self._chunks = chunks
         self._pending = [int(new_id[i]) for i in self._pending]
-        self._search, self.search_kind = None, None
+        self._search, self.search_kind, self._place_time = None, None, None
         return self
 
     # ------------------------------------------------------------------ search
@@ -260,11 +262,13 @@ class GalleryIndex:
         if len(exclude_images):
             leave_out = set(exclude_images)
             ok[:-1] &= ~np.array([image in leave_out for image, _ in self.images], bool).reshape(-1)
+        if self._place_time is None:
+            self._place_time = (np.array(self.cameras, dtype=np.str_).reshape(-1),
+                                np.array(self.times, np.float64).reshape(-1))
+        known_cameras, times = self._place_time
         if cameras is not None:
-            wanted = set(cameras)
-            ok[:-1] &= np.array([camera in wanted for camera in self.cameras], bool).reshape(-1)
+            ok[:-1] &= np.isin(known_cameras, np.array(list(cameras), dtype=np.str_))
         if since is not None or until is not None:
-            times = np.asarray(self.times, np.float64).reshape(-1)
             with np.errstate(invalid="ignore"):
                 ok[:-1] &= np.isfinite(times) & (times >= (-np.inf if since is None else since)) & \
                     (times <= (np.inf if until is None else until))
