@@ -127,6 +127,12 @@ class GalleryIndex:
     def __contains__(self, key) -> bool:
         return tuple(key) in self._image_ids
 
+    def image_id(self, image: str, frame: Optional[int]) -> int:
+        """The id (position in ``images``) of an image or video frame (None or -1: a still image); KeyError
+        when the index does not hold it. After :meth:`sort` or :meth:`load` a video's frames have consecutive
+        ids in frame order."""
+        return self._image_ids[(image, -1 if frame is None else int(frame))]
+
     def add(self, image: str, frame: int, boxes, scores, embeddings, camera: Optional[str] = None,
             time: Optional[float] = None):
         """Add one image's detections (possibly none): boxes [n, 4] XYXY, scores [n], embeddings [n, D]

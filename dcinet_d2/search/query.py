@@ -4,7 +4,9 @@ loaded once and checked against the index, and the answer in the JSON contract o
     index, predictor = open_search(index_dir)                 # config.yaml and weights named by the index
     answer = answer_query(index, predictor, image, box, "q.jpg", top_k=10)
     # {"query": {"image": "q.jpg", "box": [x1, y1, x2, y2]},
-    #  "hits": [{"rank", "image", "frame", "box", "score", "similarity"}, ...]}
+    #  "hits": [{"rank", "image", "frame", "box", "score", "similarity", "camera", "time"}, ...],
+    #  "appearances": [{"camera", "image", "first_frame", "last_frame", "start", "end", "ranks", "best_rank",
+    #                   "similarity"}, ...]}      (video hits merged into runs of nearby frames)
 """
 import datetime
 import math
@@ -14,7 +16,10 @@ from typing import Optional, Sequence
 from .index import GalleryIndex
 
 __all__ = ["UsageError", "parse_box", "parse_time", "check_threshold", "model_config", "query_model", "open_search",
-           "answer_query"]
+           "answer_query", "appearances", "APPEARANCE_MAX_SKIP"]
+
+# Two hits in one video belong to one appearance when at most this many indexed frames of it lie between them.
+APPEARANCE_MAX_SKIP = 2
 
 
 class UsageError(ValueError):
@@ -115,4 +120,40 @@ def answer_query(index: GalleryIndex, predictor, image, box: Sequence[float], im
     hits = index.search(query, top_k, det_thresh=det_thresh, one_per_image=one_per_image,
                         approximate=approximate, exclude_images=exclude_images, cameras=cameras or None,
                         since=since, until=until)[0]
-    return {"query": {"image": image_name, "box": box}, "hits": [h.to_dict() for h in hits]}
+    return {"query": {"image": image_name, "box": box}, "hits": [h.to_dict() for h in hits],
+            "appearances": appearances(index, hits)}
+
+
+def appearances(index: GalleryIndex, hits, max_skip: int = APPEARANCE_MAX_SKIP) -> list:
+    """The hits of video frames merged, per video, into appearances: runs of hits with at most ``max_skip``
+    indexed frames of that video between neighbours (so the rule holds whatever rate it was indexed at).
+    Best first (by the best rank in each); still images are left out.
+
+    Returns:
+        dicts with ``camera``, ``image`` (the video), ``first_frame``, ``last_frame``, ``start`` and ``end``
+        (ISO 8601 times, None when unknown), ``ranks`` (the hits' ranks, in frame order), ``best_rank`` and
+        its ``similarity``.
+    """
+    by_video = {}
+    for hit in hits:
+        if hit.frame is not None:
+            by_video.setdefault(hit.image, []).append((index.image_id(hit.image, hit.frame), hit))
+    runs = []
+    for found in by_video.values():
+        found.sort(key=lambda pair: pair[0])
+        run = [found[0]]
+        for pair in found[1:]:
+            if pair[0] - run[-1][0] <= max_skip + 1:
+                run.append(pair)
+            else:
+                runs.append(run)
+                run = [pair]
+        runs.append(run)
+    out = []
+    for run in runs:
+        first, last = run[0][1], run[-1][1]
+        best = min((hit for _, hit in run), key=lambda hit: hit.rank)
+        out.append({"camera": first.camera, "image": first.image, "first_frame": first.frame,
+                    "last_frame": last.frame, "start": first.time, "end": last.time,
+                    "ranks": [hit.rank for _, hit in run], "best_rank": best.rank, "similarity": best.similarity})
+    return sorted(out, key=lambda a: a["best_rank"])

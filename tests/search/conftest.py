@@ -67,3 +67,26 @@ def served_index(tiny_model, tmp_path_factory):
                  "--out", str(out), "--det-thresh", "0.3", "--quiet", "--device", "cpu"])
     assert code == 0
     return out, root
+
+
+@pytest.fixture(scope="session")
+def served_video_index(tiny_model, tmp_path_factory):
+    """(index folder, gallery root) of ``gate.avi``: 16 frames at 4 frames a second, started 2026-01-02
+    10:00:00 UTC, every frame indexed."""
+    from dcinet_d2.search.cli import main
+
+    base = tmp_path_factory.mktemp("served_video")
+    root = base / "videos"
+    os.makedirs(root)
+    writer = cv2.VideoWriter(str(root / "gate.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 4.0, (320, 240))
+    for i in range(16):
+        frame = scene(50, 240, 320)
+        frame[100:180, 10 + 15 * i:40 + 15 * i] = (40, 40, 200)  # someone walking through
+        writer.write(frame)
+    writer.release()
+    out = base / "index"
+    code = main(["index", "--config-file", tiny_model[0], "--weights", tiny_model[1], "--video",
+                 str(root / "gate.avi"), "--video-start", "2026-01-02T10:00:00Z", "--out", str(out),
+                 "--det-thresh", "0.3", "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out, root

@@ -47,9 +47,17 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(served_index):
+    yield from _serve(*served_index)
+
+
+@pytest.fixture(scope="module")
+def video_server(served_video_index):
+    yield from _serve(*served_video_index)
+
+
+def _serve(index_dir, root):
     import uvicorn
 
-    index_dir, root = served_index
     index, predictor = open_search(str(index_dir), device="cpu")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -177,3 +185,21 @@ def test_api_docs_render_from_local_files(browser, server):
     operations = _wait(browser, lambda d: d.find_elements("css selector", ".opblock-summary-path"), "the API docs")
     paths = {op.get_attribute("data-path") or op.text for op in operations}
     assert {"/api/query", "/api/query/upload", "/api/frames"} <= paths
+
+
+def test_video_hits_on_a_timeline_of_appearances(browser, video_server):
+    driver = browser
+    driver.get(video_server["url"])
+    _wait(driver, lambda d: len(d.find_elements("css selector", "#grid .thumb")) == 16, "the video's frames")
+    driver.find_element("css selector", '#grid .thumb[data-label="gate.avi#3"]').click()
+    best = _wait(driver, lambda d: d.find_elements("css selector", "#overlay rect.det"), "the frame's people")[-1]
+    best.click()
+    segments = _wait(driver, lambda d: d.find_elements("css selector", "#timeline .segment"), "the timeline")
+    assert driver.find_element("css selector", "#timeline .camera").text == "gate.avi"
+    hits = _hit_labels(driver)
+    assert all(label.startswith("gate.avi#") for label in hits) and len(hits) == 10
+    last = segments[-1]
+    rank = int(last.get_attribute("data-best-rank"))
+    last.click()
+    _wait(driver, lambda d: d.find_element("id", "viewer-title").text == hits[rank - 1], "the appearance's frame")
+    assert driver.find_elements("css selector", "#overlay rect.hit-box")

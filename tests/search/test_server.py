@@ -324,3 +324,36 @@ def test_uploads_decode_like_gallery_files(served):
         r = client.post("/api/query/upload", files={"file": ("x.png", io.BytesIO(data.tobytes()), "image/png")},
                         data={"box": ",".join(map(str, _person(index)))})
         assert r.status_code == 200 and len(r.json()["hits"]) > 0
+
+
+def test_video_hits_merge_into_appearances(served_video_index):
+    index_dir, _ = served_video_index
+    index, predictor = open_search(str(index_dir), device="cpu")
+    client = TestClient(create_app(index, predictor))
+    frames = client.get("/api/frames", params={"limit": 100}).json()
+    assert frames["total"] == 16 and frames["frames"][5]["label"] == "gate.avi#5"
+    assert frames["frames"][5]["camera"] == "gate.avi" and frames["frames"][5]["time"] == "2026-01-02T10:00:01.250Z"
+    i = index.image_id("gate.avi", 3)
+    box = [float(v) for v in index.boxes[index.entry_image == i][0]]
+    r = client.get("/api/frame/image", params={"image": "gate.avi", "frame": 3})
+    assert _jpeg_size(r) == (320, 240)
+    answer = client.post("/api/query", json={"image": "gate.avi", "frame": 3, "box": box, "top_k": 16,
+                                             "one_per_image": True}).json()
+    hits, runs = answer["hits"], answer["appearances"]
+    assert answer["query"]["image"] == "gate.avi#3" and hits[0]["frame"] == 3
+    # Every hit is in exactly one appearance; within one, neighbours are at most 3 indexed frames apart.
+    assert sorted(r for a in runs for r in a["ranks"]) == [h["rank"] for h in hits]
+    for a in runs:
+        frames_of = [hits[r - 1]["frame"] for r in a["ranks"]]
+        assert frames_of == sorted(frames_of) and (a["first_frame"], a["last_frame"]) == (frames_of[0], frames_of[-1])
+        assert all(b - a_ <= 3 for a_, b in zip(frames_of, frames_of[1:]))
+        assert a["best_rank"] == min(a["ranks"]) and a["camera"] == "gate.avi"
+        assert a["start"] == hits[a["ranks"][0] - 1]["time"]
+    assert [a["best_rank"] for a in runs] == sorted(a["best_rank"] for a in runs) and runs[0]["best_rank"] == 1
+    # Split runs: a hit set with a gap of more than 3 frames gives two appearances.
+    from dcinet_d2.search.index import Hit
+    from dcinet_d2.search.query import appearances
+
+    made = [Hit(r + 1, "gate.avi", f, [0, 0, 1, 1], 0.9, 0.5, "gate.avi", None) for r, f in enumerate([2, 0, 9, 3])]
+    assert [(a["first_frame"], a["last_frame"], a["ranks"]) for a in appearances(index, made)] == \
+        [(0, 3, [2, 1, 4]), (9, 9, [3])]

@@ -203,7 +203,55 @@ async function runQuery(box, source) {
   }
 }
 
+// Appearances (video hits merged into runs of nearby frames) on one track per camera, placed by frame.
+function showTimeline(answer) {
+  const box = $("timeline");
+  box.replaceChildren();
+  const runs = answer.appearances || [];
+  box.hidden = runs.length === 0;
+  if (!runs.length) return;
+  const title = document.createElement("h3");
+  title.className = "span";
+  title.textContent = `${runs.length} appearances in video (runs of nearby frames); click one to open it`;
+  box.append(title);
+  const byCamera = new Map();
+  for (const a of runs) {
+    const key = a.camera || a.image;
+    if (!byCamera.has(key)) byCamera.set(key, []);
+    byCamera.get(key).push(a);
+  }
+  for (const [camera, list] of byCamera) {
+    const lo = Math.min(...list.map((a) => a.first_frame)), hi = Math.max(...list.map((a) => a.last_frame));
+    const scale = (f) => (hi > lo ? (100 * (f - lo)) / (hi - lo + 1) : 0);
+    const row = document.createElement("div");
+    row.className = "row";
+    const name = document.createElement("span");
+    name.className = "camera";
+    name.textContent = name.title = camera;
+    const track = document.createElement("div");
+    track.className = "track";
+    for (const a of list) {
+      const seg = document.createElement("button");
+      seg.type = "button";
+      seg.className = "segment";
+      seg.dataset.bestRank = a.best_rank;
+      seg.style.left = scale(a.first_frame) + "%";
+      seg.style.width = Math.max(0, scale(a.last_frame + 1) - scale(a.first_frame)) + "%";
+      const when = a.start ? `, ${a.start.slice(11, 23)}–${a.end.slice(11, 23)}` : "";
+      seg.title = `frames ${a.first_frame}–${a.last_frame}${when}: ${a.ranks.length} hits, best #${a.best_rank} ` +
+        `(similarity ${a.similarity.toFixed(3)})`;
+      const best = answer.hits[a.best_rank - 1];
+      seg.addEventListener("click", () => openFrame(best.image, best.frame, best.box)
+        .catch((e) => status(e.message, true)));
+      track.append(seg);
+    }
+    row.append(name, track);
+    box.append(row);
+  }
+}
+
 function showHits(answer) {
+  showTimeline(answer);
   $("query-label").textContent = `Query: ${answer.query.image}, box ${answer.query.box.map(Math.round).join(",")}` +
     (answer.hits.length ? "" : " — no gallery detection passes the filters.");
   const list = $("hits");
