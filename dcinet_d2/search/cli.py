@@ -323,8 +323,11 @@ def _cmd_serve(args):
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
     index, predictor = open_search(args.index, args.config_file, args.weights, args.device)
     local = _is_loopback(args.host)
+    # On loopback, Host names other than the machine's own are refused (web pages elsewhere cannot reach the
+    # server through DNS rebinding); Starlette's check cannot parse IPv6 Host headers, so not for those.
+    allowed = sorted({"127.0.0.1", "localhost", args.host}) if local and ":" not in args.host else None
     app = create_app(index, predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                     allowed_hosts=["127.0.0.1", "localhost"] if local else None)
+                     allowed_hosts=allowed)
     if not local:
         print(f"WARNING: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine on port "
               f"{args.port} can browse the gallery's images and run queries (there is no login)", file=sys.stderr)

@@ -307,6 +307,9 @@ def test_serve_binds_localhost_by_default_and_warns_elsewhere(served_index, monk
     assert main(["serve", "--index", str(served_index[0]), "--port", "0", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert calls[-1][1] == "127.0.0.1" and "WARNING" not in err and "http://127.0.0.1:0/" in err
+    local = TestClient(calls[-1][0], base_url="http://127.0.0.1:8000")
+    assert local.get("/api/info").status_code == 200
+    assert local.get("/api/info", headers={"Host": "attacker.example:8000"}).status_code == 400
     assert main(["serve", "--index", str(served_index[0]), "--host", "0.0.0.0", "--port", "0",
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
