@@ -10,7 +10,7 @@ import warnings
 # says nothing about this package's use, and it would precede every command-line message.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-from . import data, modeling, pretrained  # noqa: F401  (registration; dcinet:// weights)
-from .config import add_dcinet_config
+from . import data, modeling, pretrained  # noqa: E402, F401  (registration; dcinet:// weights)
+from .config import add_dcinet_config  # noqa: E402
 
 __all__ = ["add_dcinet_config"]

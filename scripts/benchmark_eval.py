@@ -139,7 +139,7 @@ def bench_cuhk(workdir, n_ref, quick, repeats):
     for size in (100, -1):
         ours, t_ours, cache_bytes = _ours(results, "cuhk_sysu", root, repeats, gallery_size=size)
         total, warm, n_all, note, diff = _against_reference(
-            ours, results, n_ref, lambda: reference_impl.cuhk_sysu_galleries(root, size),
+            ours, results, n_ref, lambda size=size: reference_impl.cuhk_sysu_galleries(root, size),
             lambda: reference_impl.cuhk_sysu_detection_gt(root, labeled=False))
         label = "full set" if size == -1 else f"gallery {size}"
         rows.append(_row(f"CUHK-SYSU {label}, {n_all} queries, {n_test} images", t_ours, total, warm, note, diff))
@@ -161,7 +161,7 @@ def bench_prw(workdir, n_ref, quick, repeats):
     for cross in (False, True):
         ours, t_ours, _ = _ours(results, "prw", root, repeats, cross_camera=cross)
         total, warm, n_all, note, diff = _against_reference(
-            ours, results, n_ref, lambda: reference_impl.prw_galleries(root, cross),
+            ours, results, n_ref, lambda cross=cross: reference_impl.prw_galleries(root, cross),
             lambda: reference_impl.prw_detection_gt(root))
         label = "cross-camera" if cross else "all"
         rows.append(_row(f"PRW {label}, {n_all} queries, {len(images)} frames", t_ours, total, warm, note, diff))

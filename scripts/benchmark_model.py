@@ -14,12 +14,12 @@ import time
 
 import torch
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
+from detectron2.config import get_cfg  # the plain Detectron2 baseline
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import dcinet_d2  # noqa: F401
-from dcinet_d2 import add_dcinet_config
+from dcinet_d2.cli import load_config
 from dcinet_d2.testing import random_batch
 
 
@@ -47,10 +47,7 @@ def calibrate_bn(model, images):
 
 
 def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    cfg = load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
     if cfg.MODEL.REID.NUM_IDENTITIES == 0:
         cfg.MODEL.REID.NUM_IDENTITIES = 100
     return cfg
@@ -104,7 +101,8 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     median, size = time_train_steps(load_cfg(args.cpu_config), args.steps)
-    rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s (median of {args.steps}) |")
+    rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s "
+                f"(median of {args.steps}) |")
     if not args.skip_r50:
         g = torch.Generator().manual_seed(0)
         images = [(torch.rand(3, 900, 1200, generator=g) * 255).to(torch.uint8) for _ in range(args.images)]

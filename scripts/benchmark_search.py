@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Gallery search and indexing speed on this machine (CPU).
 
-    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] [--ef-search 32 64 128] [--intrinsic-dim 32]
+    python scripts/benchmark_search.py latency [--sizes 10000 100000 1000000] [--dim 256] \
+        [--ef-search 32 64 128] [--intrinsic-dim 32]
     python scripts/benchmark_search.py indexing --config-file output/demo/config.yaml \
         --weights output/demo/model_final.pth --dataset synth_cuhk_sysu_gallery [--batch-sizes 1 2 4 8]
 
@@ -53,9 +54,9 @@ def _index_with(embeddings):
     per_image = 10
     for start in range(0, n, per_image):
         k = min(per_image, n - start)
-        index._append((f"img{start // per_image:07d}.jpg", -1), np.zeros((k, 4), np.float32),
-                      np.ones(k, np.float32), embeddings[start:start + k])
-    index.embeddings  # join the chunks before timing
+        index.add(f"img{start // per_image:07d}.jpg", -1, np.zeros((k, 4), np.float32), np.ones(k, np.float32),
+                  embeddings[start:start + k])
+    _ = index.embeddings  # join the chunks before timing
     return index
 
 
@@ -91,17 +92,16 @@ def latency(args):
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         index = _index_with(data)
         t = time.perf_counter()
-        index._structure(False)
+        flat = index.search_structure(approximate=False)
         build = time.perf_counter() - t
-        exact_ids = index._search.search(queries, 10)[1]
+        exact_ids = flat.search(queries, 10)[1]
         p50, p95, batched = _latency(index, queries, False)
-        rows.append([f"{n:,}", "exact (flat)", f"{build:.2f}", f"{_structure_bytes(index._search) / n:.0f}",
+        rows.append([f"{n:,}", "exact (flat)", f"{build:.2f}", f"{_structure_bytes(flat) / n:.0f}",
                      f"{p50:.2f}", f"{p95:.2f}", f"{batched:.3f}", "1.000"])
         print(rows[-1], file=sys.stderr, flush=True)
         t = time.perf_counter()
-        index._structure(True)
+        hnsw = index.search_structure(approximate=True)
         build = time.perf_counter() - t
-        hnsw = index._search
         for ef in args.ef_search:
             hnsw.hnsw.efSearch = ef
             approx_ids = hnsw.search(queries, 10)[1]
@@ -123,16 +123,12 @@ def latency(args):
 
 
 def indexing(args):
-    from detectron2.config import get_cfg
-
     import dcinet_d2  # noqa: F401
-    from dcinet_d2 import add_dcinet_config
+    from dcinet_d2.cli import load_config
     from dcinet_d2.search import PersonSearchPredictor
     from dcinet_d2.search.sources import dataset_items
 
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg = load_config(args.config_file)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.DEVICE = "cpu"
     predictor = PersonSearchPredictor(cfg)

@@ -12,7 +12,6 @@ one, the first whose count of correct top-k hits is the median over all queries)
 hits, the picture's path and how many of them are the queried person.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import sys
 import numpy as np
 
 import dcinet_d2  # noqa: F401  (registers the synthetic datasets)
-from dcinet_d2.evaluation.protocol import paired_iou
+from dcinet_d2.evaluation.matching import paired_iou
 
 
 def _query(queries, i):
@@ -43,19 +42,14 @@ def _correct(hits, pid, truth):
 
 def _all_queries(args, queries, truth):
     """Number of correct top-k hits of every query, through the Python API (the index's own model)."""
-    from detectron2.config import get_cfg
-
-    from dcinet_d2 import add_dcinet_config
+    from dcinet_d2.cli import load_config
     from dcinet_d2.search import GalleryIndex, PersonSearchPredictor
-    from dcinet_d2.search.index import read_manifest
     from dcinet_d2.search.sources import read_image_bgr
 
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    cfg.merge_from_file(os.path.join(args.index, "config.yaml"))
-    cfg.MODEL.WEIGHTS = read_manifest(args.index)["model"]["weights"]
-    cfg.MODEL.DEVICE = "cpu"
-    predictor, index = PersonSearchPredictor(cfg), GalleryIndex.load(args.index)
+    index = GalleryIndex.load(args.index)
+    cfg = load_config(os.path.join(args.index, "config.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg.MODEL.WEIGHTS = index.model["weights"]
+    predictor = PersonSearchPredictor(cfg)
     counts = []
     for i in range(len(queries)):
         image, box, pid = _query(queries, i)
@@ -104,12 +98,11 @@ def main(argv=None):
         sys.stderr.write(table.stderr)
         return table.returncode
     print(table.stdout, end="")
-    hits = json.loads(subprocess.run(command[:-2] + ["--json"], capture_output=True, text=True,
-                                     check=True).stdout)["hits"]
-    correct = _correct(hits, pid, truth)
+    # The command's hits are the API's for the same query and filters (one model, one index): scored above.
+    correct = results[chosen]
     in_gallery = sum(pid in v for k, v in truth.items() if k != os.path.basename(image))
     print(f"query {chosen}: person {pid} in {os.path.basename(image)}; {int(np.sum(correct))} of the top "
-          f"{len(hits)} hits are this person (ranks {''.join('+' if c else '-' for c in correct)}; the person is "
+          f"{len(correct)} hits are this person (ranks {''.join('+' if c else '-' for c in correct)}; the person is "
           f"in {in_gallery} other gallery images)")
     return 0
 

@@ -53,6 +53,44 @@ assert os.path.realpath(dcinet_d2.__file__).startswith(root + os.sep), dcinet_d2
     || die "$local_venv does not import this clone's dcinet_d2 ($ROOT); remove $local_venv and rerun"
 }
 
+install_lint_tools() {
+  # The pinned linter (requirements-lint.txt), added to the ready shared venv when its version differs:
+  # one wheel, never a rebuild of the heavy environment.
+  local want have
+  want="$(sed -n 's/^ruff==\([^ #]*\).*/\1/p' "$ROOT/requirements-lint.txt")"
+  have="$("$VENV/bin/ruff" --version 2>/dev/null | cut -d' ' -f2 || true)"
+  if [ "$want" != "$have" ]; then
+    "$VPY" -m pip install -q --no-deps -r "$ROOT/requirements-lint.txt" 2> >(grep -v '^WARNING: Location' >&2) \
+      || die "could not install $ROOT/requirements-lint.txt from the package registry (is PyPI reachable?)"
+  fi
+}
+
+install_serve_tools() {
+  # The review page's pinned packages (requirements-serve.txt: FastAPI, uvicorn, and for its tests httpx and
+  # Selenium), added to the ready shared venv like the linter; a stamp holds the file's hash.
+  local want have
+  want="$(sha256sum "$ROOT/requirements-serve.txt" | cut -d' ' -f1)"
+  have="$(cat "$VENV/.dcinet-serve" 2>/dev/null || true)"
+  if [ "$want" != "$have" ]; then
+    "$VPY" -m pip install -q --no-deps -r "$ROOT/requirements-serve.txt" 2> >(grep -v '^WARNING: Location' >&2) \
+      || die "could not install $ROOT/requirements-serve.txt from the package registry (is PyPI reachable?)"
+    echo "$want" > "$VENV/.dcinet-serve"
+  fi
+}
+
+install_browser() {
+  # The browser test drives Debian's headless Chromium through its chromedriver; installed when missing and
+  # this runs as root (CI), otherwise named (the test then skips, saying the same).
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (Debian packages) for the browser test"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+      >/dev/null || die "could not install chromium chromium-driver with apt-get"
+  else
+    echo "note: the browser test needs Chromium and its driver: apt-get install chromium chromium-driver" >&2
+  fi
+}
+
 # One build at a time per shared venv (two clones set up at once); the per-clone part needs no lock but is
 # cheap, so it runs under it too.
 mkdir -p "$(dirname "$VENV")"
@@ -61,6 +99,9 @@ flock 9
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VPY" -c 'import torch, detectron2, faiss' 2>/dev/null; then
   link_and_install_project
+  install_lint_tools
+  install_serve_tools
+  install_browser
   echo "environment ready: $VENV"
   exit 0
 fi
@@ -82,4 +123,7 @@ link_and_install_project
 from detectron2 import model_zoo
 model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_C4_1x.yaml')"
 echo "$WANT" > "$STAMP"
+install_lint_tools
+install_serve_tools
+install_browser
 echo "environment ready: $VENV"

@@ -13,15 +13,17 @@ import weakref
 import dcinet_d2  # noqa: F401  (first: quiets Detectron2's import-time warnings; registers datasets, heads, backbones)
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
-from dcinet_d2 import add_dcinet_config
-from dcinet_d2.data.build import build_person_search_test_loader, resolve_num_identities
-from dcinet_d2.data.sampler import build_person_search_train_loader
+from dcinet_d2.checkpoint import load_weights
+from dcinet_d2.cli import load_config, report_error
+from dcinet_d2.data.build import (
+    build_person_search_test_loader,
+    build_person_search_train_loader,
+    resolve_num_identities,
+)
 from dcinet_d2.distributed import launch
 from dcinet_d2.evaluation import build_person_search_evaluator
-from dcinet_d2.search.predictor import load_weights
 from dcinet_d2.fileio import folder_write_problem
 from dcinet_d2.resume import AtomicCheckpointer, check_last_checkpoint, restart_data_stream, rng_state, set_rng_state
 from dcinet_d2.solver import build_optimizer
@@ -78,15 +80,7 @@ class Trainer(DefaultTrainer):
 
 def build_cfg(args):
     """The config of the command line (not frozen); ValueError naming the file or key on bad input."""
-    if not os.path.isfile(args.config_file):
-        raise ValueError(f"{args.config_file}: config file not found")
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except Exception as e:  # noqa: BLE001 - yacs raises KeyError / ValueError / AssertionError for bad keys
-        raise ValueError(f"{args.config_file}: {type(e).__name__}: {str(e).strip()}") from None
+    cfg = load_config(args.config_file, args.opts)
     if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
         raise ValueError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: exists and is not a folder")
     problem = folder_write_problem(cfg.OUTPUT_DIR)
@@ -136,18 +130,13 @@ def cli(argv=None):
     try:
         cfg = build_cfg(args)
     except Exception as e:  # noqa: BLE001 - bad input is reported in one line, never a traceback
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return report_error(e)
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except Exception as e:  # noqa: BLE001
-        if os.environ.get("DCINET_DEBUG"):
-            raise
-        lines = [line for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
-        print(f"error: {lines[-1].strip()} (full traceback in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})",
-              file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - the last line of a failure under launch names its cause
+        log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
+        return report_error(e, 1, last_line=True, note=f" (full traceback in {log})")
     return 0
 
 

@@ -1,8 +1,21 @@
-"""Test-time loading for person search: one loader over a gallery split and its query split."""
+"""The loaders of person search: training (paired-identity batches, sampler.py) and test (a gallery split
+followed by its query split)."""
 import copy
 import logging
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.build import build_batch_data_loader
+from detectron2.data.common import DatasetFromList, ToIterableDataset
+from detectron2.utils import comm
+
+from .mapper import PersonSearchDatasetMapper
+from .sampler import PairedIdentitySampler, SeededMapDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +70,42 @@ def resolve_num_identities(cfg):
 
 def build_person_search_test_loader(cfg, dataset_name):
     """Detectron2's test loader (sharded across ranks) over a gallery split and its queries."""
-    from detectron2.data import build_detection_test_loader
-
-    from .mapper import PersonSearchDatasetMapper
-
     ps = cfg.TEST.PERSON_SEARCH
     dicts = person_search_test_dicts(dataset_name, gt_boxes=ps.GT_BOXES, whole_image=ps.WHOLE_IMAGE)
     return build_detection_test_loader(dicts, mapper=PersonSearchDatasetMapper(cfg, is_train=False),
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def build_person_search_train_loader(cfg, mapper=None):
+    """The training loader: paired-identity batches (DATALOADER.PAIRED.ENABLED) or Detectron2's default.
+
+    Args:
+        cfg: a config with :func:`dcinet_d2.config.add_dcinet_config` keys.
+        mapper (callable or None): dataset-dict mapper; None: ``PersonSearchDatasetMapper(cfg, True)``.
+    Returns:
+        iterable of list[dict]: per-GPU batches of SOLVER.IMS_PER_BATCH / world-size mapped dicts.
+    """
+    if mapper is None:
+        mapper = PersonSearchDatasetMapper(cfg, True)
+    if not cfg.DATALOADER.PAIRED.ENABLED:
+        return build_detection_train_loader(cfg, mapper=mapper)
+    dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    world_size = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: expected a multiple of the world size {world_size}"
+        )
+    sampler = PairedIdentitySampler(
+        dicts, cfg.SOLVER.IMS_PER_BATCH // world_size, group_size=cfg.DATALOADER.PAIRED.GROUP_SIZE
+    )
+    # The sampler shards across loader workers by whole batches itself; ToIterableDataset's default
+    # per-index sharding would split the groups.
+    dataset = ToIterableDataset(SeededMapDataset(DatasetFromList(dicts, copy=False), mapper), sampler,
+                                shard_sampler=False)
+    # Aspect-ratio grouping would reorder the stream and split the groups.
+    return build_batch_data_loader(
+        dataset, None, cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -23,7 +23,7 @@ import re
 import numpy as np
 import scipy.io as sio
 
-from .generic import build_dataset_dicts, register_splits, set_num_identities
+from .records import build_dataset_dicts, register_splits, set_num_identities
 from .matfile import load_mat
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,22 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..errors import error_line
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["PersonSearchDatasetMapper"]
+__all__ = ["PersonSearchDatasetMapper", "read_image"]
 
+
+def read_image(file_name, image_format):
+    """Detectron2's ``read_image``, with a file that cannot be decoded (truncated on disk, not an image)
+    reported as an OSError naming it: PIL's own message ("Truncated File Read") names no file."""
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, broken files
+        raise OSError(f"{file_name}: not a readable image ({error_line(e)})") from None
 
 class PersonSearchDatasetMapper(DatasetMapper):
     """Detectron2's DatasetMapper plus person identities.
@@ -78,7 +90,7 @@ class PersonSearchDatasetMapper(DatasetMapper):
             are used), and every other key of the input.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .generic import build_dataset_dicts, register_splits, contiguous_ids, set_num_identities
+from .records import build_dataset_dicts, contiguous_ids, register_splits, set_num_identities
 from .matfile import load_mat
 
 logger = logging.getLogger(__name__)

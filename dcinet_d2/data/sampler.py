@@ -8,14 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler, get_worker_info
 
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.data.build import build_batch_data_loader
-from detectron2.data.common import DatasetFromList, MapDataset, ToIterableDataset
+from detectron2.data.common import MapDataset
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairedIdentitySampler", "build_person_search_train_loader"]
+__all__ = ["PairedIdentitySampler", "SeededMapDataset"]
 
 
 class PairedIdentitySampler(Sampler):
@@ -32,7 +30,7 @@ class PairedIdentitySampler(Sampler):
     r, r + W, r + 2W, ... (W the world size), so ranks get different groups. Inside a DataLoader worker,
     the rank's batches are further split among the workers batch by batch (never index by index, which
     would break the groups): wrap it with ``ToIterableDataset(..., shard_sampler=False)``, as
-    :func:`build_person_search_train_loader` does.
+    :func:`dcinet_d2.data.build.build_person_search_train_loader` does.
     """
 
     def __init__(self, dataset_dicts, images_per_batch, group_size=2, seed=None):
@@ -140,40 +138,3 @@ def _identity_index(dataset_dicts, group_size):
             ids_of_image[int(index)].append(pid)
     anchors = sorted(ids_of_image)
     return images_of, anchors, [ids_of_image[i] for i in anchors]
-
-
-def build_person_search_train_loader(cfg, mapper=None):
-    """The training loader: paired-identity batches (DATALOADER.PAIRED.ENABLED) or Detectron2's default.
-
-    Args:
-        cfg: a config with :func:`dcinet_d2.config.add_dcinet_config` keys.
-        mapper (callable or None): dataset-dict mapper; None: ``PersonSearchDatasetMapper(cfg, True)``.
-    Returns:
-        iterable of list[dict]: per-GPU batches of SOLVER.IMS_PER_BATCH / world-size mapped dicts.
-    """
-    if mapper is None:
-        from .mapper import PersonSearchDatasetMapper  # noqa: PLC0415
-
-        mapper = PersonSearchDatasetMapper(cfg, True)
-    if not cfg.DATALOADER.PAIRED.ENABLED:
-        return build_detection_train_loader(cfg, mapper=mapper)
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
-    world_size = comm.get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: expected a multiple of the world size {world_size}"
-        )
-    sampler = PairedIdentitySampler(
-        dicts, cfg.SOLVER.IMS_PER_BATCH // world_size, group_size=cfg.DATALOADER.PAIRED.GROUP_SIZE
-    )
-    # The sampler shards across loader workers by whole batches itself; ToIterableDataset's default
-    # per-index sharding would split the groups.
-    dataset = ToIterableDataset(SeededMapDataset(DatasetFromList(dicts, copy=False), mapper), sampler,
-                                shard_sampler=False)
-    # Aspect-ratio grouping would reorder the stream and split the groups.
-    return build_batch_data_loader(
-        dataset, None, cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )

@@ -18,13 +18,13 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
 import numpy as np
 
+from ..cli import report_error
 from ..fileio import folder_write_problem
 
 logger = logging.getLogger(__name__)
@@ -722,8 +722,7 @@ def main(argv: Optional[list] = None):
     try:
         s = generate(args.out, args.fmt, args.seed, args.identities, args.images, args.size, args.overwrite)
     except (ValueError, OSError) as e:  # OSError: a write that failed (a full disk, say)
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(report_error(e)) from None
     print(
         f"{s['format']}: {s['images']} images ({s['train_images']} train, {s['test_images']} test), "
         f"{s['boxes']} boxes ({s['labelled_boxes']} labelled), {s['identities']} identities "

@@ -4,16 +4,11 @@ from .cbgm import ContextMatching, cbgm_rescore
 from .evaluator import PersonSearchEvaluator, build_person_search_evaluator
 from .offline import evaluate_search_results, summarize
 from .plots import plot_cmc, plot_gallery_size_curve
-from .protocol import (
-    DetectionMetrics,
-    GalleryDetections,
-    SearchMetrics,
-    SearchProtocol,
-    average_precision,
-    evaluate_detection,
-    evaluate_search,
-)
+from .detection_metrics import evaluate_detection
+from .matching import average_precision
+from .protocol import DetectionMetrics, GalleryDetections, SearchMetrics, SearchProtocol
 from .results import gallery_detections, load_results, save_results, validate_results
+from .search_metrics import evaluate_search
 
 __all__ = [
     "ContextMatching",

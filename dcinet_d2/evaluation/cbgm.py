@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .protocol import _csr_offsets, _ranges, paired_iou
+from .matching import csr_offsets, paired_iou, ranges
 
 __all__ = ["DEFAULT_K", "CONTEXT_NMS_IOU", "default_k", "query_context", "top_images", "cbgm_rescore",
            "ContextMatching"]
@@ -90,14 +90,14 @@ def query_context(gallery, query_images, query_boxes, k2, *, det_thresh=0.5):
     n[valid] = counts[images[valid]]
     first = np.zeros(len(images), dtype=np.int64)
     first[valid] = starts[images[valid]]
-    query, rows = np.repeat(np.arange(len(images)), n), _ranges(first, n)
+    query, rows = np.repeat(np.arange(len(images)), n), ranges(first, n)
     # The query person's own detection is suppressed by the query box, as in SeqNet's NMS.
     keep = paired_iou(dets.boxes[rows], boxes[query]) <= CONTEXT_NMS_IOU
     query, rows = query[keep], rows[keep]
     order = np.lexsort((rows, -dets.scores[rows], query))
     query, rows = query[order], rows[order]
     keep = _rank_in_run(query) < k2 - 1
-    offsets = _csr_offsets(np.bincount(query[keep], minlength=len(images)))
+    offsets = csr_offsets(np.bincount(query[keep], minlength=len(images)))
     return offsets, dets.embeddings[rows[keep]].astype(np.float64)
 
 
@@ -173,7 +173,7 @@ def cbgm_rescore(sim, pair_query, pair_det, det_image, det_embeddings, context_o
     inside = group_key[pos] == key
     order = np.argsort(pos[inside], kind="stable")
     members, group = cand[inside][order], pos[inside][order]
-    offsets = _csr_offsets(np.bincount(group, minlength=len(group_key)))
+    offsets = csr_offsets(np.bincount(group, minlength=len(group_key)))
     index, value = _match_groups(sim, group_query, offsets, members, pair_det[members],
                                  np.asarray(det_embeddings, np.float64), context_offsets, context_embeddings)
     sim[index] = value
@@ -223,8 +223,8 @@ class ContextMatching:
         group_query, group_image = top_images(masked[r, c], rows[r] + q0, c, gallery.image_index, self.k1)
         starts, counts = gallery.image_slices()
         n = counts[group_image]
-        cols = _ranges(starts[group_image], n)
+        cols = ranges(starts[group_image], n)
         flat = np.repeat((group_query - q0) * sims.shape[1], n) + cols
-        index, value = _match_groups(sims.reshape(-1), group_query, _csr_offsets(n), flat, cols, gallery_emb,
+        index, value = _match_groups(sims.reshape(-1), group_query, csr_offsets(n), flat, cols, gallery_emb,
                                      self.context_offsets, self.context_embeddings)
         np.put(sims, index, value)

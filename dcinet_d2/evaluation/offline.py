@@ -1,31 +1,22 @@
-"""Offline evaluation of a results file, and the ``dcinet-eval`` command.
+"""Offline evaluation of a results file on a dataset: the field's search and detection numbers, optionally
+with CBGM re-scoring (:mod:`.cbgm`). Its command line, ``dcinet-eval``, is :mod:`.cli`.
 
-    dcinet-eval --format cuhk_sysu|prw|generic --root DIR --results FILE [--gallery-size N]
-                [--det-thresh T] [--cross-camera] [--labeled-only] [--cbgm [--cbgm-k1 N] [--cbgm-k2 N]]
-
-prints a table and, as its last line, the summary as JSON (``--root`` is the JSON file for ``generic``).
-With ``--cbgm`` the search is scored twice, plainly and with SeqNet's context bipartite graph matching
-(:mod:`.cbgm`): a second table row and the keys ``mAP@cbgm``, ``top1@cbgm``, ... beside the plain ones.
 Bad input (a missing, empty, truncated or foreign results file, NaN values, XYWH boxes, a wrong embedding
-dimension, an unreadable dataset) ends in one ``error: ...`` line naming the file and exit code 2; embeddings
-that are not L2-normalised are normalised with a warning.
+dimension, an unreadable dataset) raises an error naming the file; embeddings that are not L2-normalised are
+normalised with a warning.
 """
-import argparse
-import json
 import logging
 import os
-import sys
-
-import numpy as np
 
 from . import cuhk_sysu, generic, prw
 from .cbgm import ContextMatching, default_k
-from .protocol import evaluate_detection, evaluate_search
+from .detection_metrics import evaluate_detection
 from .results import gallery_detections, load_results, validate_results
+from .search_metrics import evaluate_search
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "SUMMARY_KEYS", "SEARCH_KEYS", "evaluate_search_results", "summarize", "format_table", "main"]
+__all__ = ["FORMATS", "SUMMARY_KEYS", "SEARCH_KEYS", "evaluate_search_results", "summarize"]
 
 FORMATS = ("cuhk_sysu", "prw", "generic")
 SUMMARY_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
@@ -141,90 +132,3 @@ def summarize(result):
         summary.update({f"{k}@cbgm": round(float(result["cbgm"][k]), 4) for k in SEARCH_KEYS})
         summary.update(cbgm_k1=int(result["cbgm"]["k1"]), cbgm_k2=int(result["cbgm"]["k2"]))
     return summary
-
-
-def format_table(result):
-    """A readable table (str) of one evaluation."""
-    from tabulate import tabulate
-
-    setting = result["setting"]
-    name = {"cuhk_sysu": "CUHK-SYSU", "prw": "PRW", "generic": "generic"}[setting["format"]]
-    if "gallery_size" in setting:
-        name += f" (gallery {'full set' if setting['gallery_size'] == -1 else setting['gallery_size']})"
-    if "cross_camera" in setting:
-        name += " (cross-camera)" if setting["cross_camera"] else " (all)"
-    rows = [[name, setting["queries"], *(f"{result[k]:.2f}" for k in SUMMARY_KEYS)]]
-    if "cbgm" in result:  # detection is not re-scored: same detection columns
-        cbgm = result["cbgm"]
-        rows.append([f"{name} + CBGM (k1 {cbgm['k1']}, k2 {cbgm['k2']})", setting["queries"],
-                     *(f"{cbgm[k]:.2f}" for k in SEARCH_KEYS), *(f"{result[k]:.2f}" for k in SUMMARY_KEYS[4:])])
-    headers = ["dataset", "queries", "mAP", "top-1", "top-5", "top-10",
-               "det AP" + (" (labelled)" if setting["labeled_only"] else ""), "det recall"]
-    return tabulate(rows, headers=headers, tablefmt="github")
-
-
-def _parser():
-    parser = argparse.ArgumentParser(prog="dcinet-eval", description="Person-search evaluation of a results file "
-                                     "(the field's protocols: mAP, top-k, detection AP and recall, in percent).")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
-    parser.add_argument("--root", required=True, help="dataset root (generic: the gallery JSON file)")
-    parser.add_argument("--results", required=True, help="results file (torch.save of the results dict)")
-    parser.add_argument("--gallery-size", type=int, default=None,
-                        help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000 or -1 (full set)")
-    parser.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold")
-    parser.add_argument("--cross-camera", action="store_true", help="PRW: cross-camera setting")
-    parser.add_argument("--labeled-only", action="store_true", help="detection metrics on labelled people only")
-    parser.add_argument("--cbgm", action="store_true", help="also report the search re-scored with SeqNet's context "
-                        "bipartite graph matching (a second row; JSON keys mAP@cbgm, top1@cbgm, ...)")
-    parser.add_argument("--cbgm-k1", type=int, default=None, metavar="N",
-                        help="CBGM: re-score the images of the N most similar detections (default: SeqNet's, "
-                        "CUHK-SYSU 10, PRW and generic 30)")
-    parser.add_argument("--cbgm-k2", type=int, default=None, metavar="N",
-                        help="CBGM: people of the query image in each graph, the query included (default: "
-                        "SeqNet's, CUHK-SYSU 3, PRW and generic 4)")
-    return parser
-
-
-def _cbgm_problem(args):
-    """What is wrong with the --cbgm options (str), or None."""
-    for flag, value in (("--cbgm-k1", args.cbgm_k1), ("--cbgm-k2", args.cbgm_k2)):
-        if value is not None and not args.cbgm:
-            return f"{flag} applies with --cbgm only"
-        if value is not None and value < 1:
-            return f"{flag} {value}: expected a whole number >= 1"
-    return None
-
-
-def main(argv=None):
-    """Command line ``dcinet-eval``; returns the exit code (2 on bad input, with one "error: ..." line)."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    problem = None
-    if not np.isfinite(args.det_thresh):
-        problem = f"--det-thresh {args.det_thresh} is not a number"
-    elif args.gallery_size is not None and args.format != "cuhk_sysu":
-        problem = f"--gallery-size applies to --format cuhk_sysu only (got --format {args.format})"
-    elif args.cross_camera and args.format != "prw":
-        problem = f"--cross-camera applies to --format prw only (got --format {args.format})"
-    else:
-        problem = _cbgm_problem(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    gallery_size = 100 if args.gallery_size is None else args.gallery_size
-    try:
-        result = evaluate_search_results(args.results, args.format, args.root, gallery_size=gallery_size,
-                                         det_thresh=args.det_thresh, cross_camera=args.cross_camera,
-                                         labeled_only=args.labeled_only, cbgm=args.cbgm, cbgm_k1=args.cbgm_k1,
-                                         cbgm_k2=args.cbgm_k2)
-    except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    print(json.dumps(summarize(result)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

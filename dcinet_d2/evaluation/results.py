@@ -124,7 +124,7 @@ def load_results(path, check_finite=True):
         with warnings.catch_warnings():  # torch warns about foreign pickles before it refuses them
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (pickle, zip, unpickling errors) for foreign files
+    except Exception as e:  # noqa: BLE001 - torch raises many types (pickle, zip, unpickling errors) for foreign files
         raise ValueError(f"{path}: not a results file readable with torch.load(weights_only=True): "
                          f"{type(e).__name__}: {_first_sentence(e)}{_pickle_hint(path)}") from None
     return validate_results(data, source=str(path), check_finite=check_finite)

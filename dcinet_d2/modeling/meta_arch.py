@@ -2,7 +2,9 @@
 
 A test input that carries ``boxes`` (Tensor or array [k, 4], XYXY in original image pixels: a query box,
 the annotated gallery boxes of the "GT" mode, or the whole image) is not detected: its output Instances
-hold exactly those boxes, score 1 and their ``reid_embeddings``. Inputs without ``boxes`` are detected as
+hold exactly those boxes, score 1 and their ``reid_embeddings``. A given box that is not finite, inverted,
+of zero area or wholly outside the image is refused (ValueError naming it), as the predictor's ``embed``
+refuses it. Inputs without ``boxes`` are detected as
 usual and come back with ``reid_embeddings`` of their detections. So queries and gallery images can share
 one Detectron2 test loader, and evaluation works unchanged under distributed inference.
 """
@@ -10,7 +12,7 @@ import torch
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
-from .query import embed_boxes
+from .query import check_boxes, embed_boxes
 
 
 @META_ARCH_REGISTRY.register()
@@ -30,6 +32,9 @@ class PersonSearchRCNN(GeneralizedRCNN):
         given = [i for i, x in enumerate(batched_inputs) if "boxes" in x]
         if detected_instances is not None or not given:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
+        for i in given:
+            x = batched_inputs[i]
+            check_boxes(x["boxes"], x["height"], x["width"], what=f"input {i} ({x.get('file_name', 'image')}): box")
         results = [None] * len(batched_inputs)
         detect = [i for i in range(len(batched_inputs)) if i not in set(given)]
         if detect:

@@ -3,7 +3,9 @@
     dcinet-search index --config-file CFG --weights W (--images DIR | --video FILE [--every N | --fps R] |
                         --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
     dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
+                        [--camera NAME ...] [--since ISO] [--until ISO]
     dcinet-search info --index INDEX_DIR
+    dcinet-search serve --index INDEX_DIR [--host 127.0.0.1] [--port 8000]   (the review page, server.py)
 
 Bad input ends in one ``error: ...`` line and exit code 2; unreadable gallery images are skipped and named.
 """
@@ -15,23 +17,19 @@ import os
 import sys
 import warnings
 
+from ..cli import report_error
+from .query import UsageError, check_threshold, model_config, parse_box, parse_time
+
 __all__ = ["main"]
 
 logger = logging.getLogger("dcinet_d2.search")
 
 
-class UsageError(ValueError):
-    """Bad command-line input (exit code 2, one line)."""
-
-
 def _box(text):
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected X1,Y1,X2,Y2 (four numbers, original pixels)")
-    return values
+        return parse_box(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _shard(text):
@@ -58,6 +56,10 @@ def _parser():
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--every", type=int, default=None, help="video: index one frame every N frames")
     rate.add_argument("--fps", type=float, default=None, help="video: index about this many frames a second")
+    p.add_argument("--camera", help="camera (source) name of every image indexed now (default: the first folder "
+                   "under --images, the video's file name)")
+    p.add_argument("--video-start", help="video: when its first frame was taken (ISO 8601, UTC unless an offset "
+                   "is given); frame times follow from the frame rate")
     p.add_argument("--out", required=True, help="index folder (created, or extended if it exists)")
     p.add_argument("--det-thresh", type=float, default=None,
                    help="keep detections with at least this score (default: the config's TEST.PERSON_SEARCH."
@@ -88,6 +90,11 @@ def _parser():
     exact = q.add_mutually_exclusive_group()
     exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
     exact.add_argument("--approximate", action="store_true", help="approximate search (faiss HNSW)")
+    q.add_argument("--camera", action="append", default=None,
+                   help="only gallery images of this camera (source); repeatable")
+    q.add_argument("--since", help="only gallery images taken at or after this ISO 8601 time (UTC unless an "
+                   "offset is given); images of unknown time are left out")
+    q.add_argument("--until", help="only gallery images taken at or before this ISO 8601 time")
     q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     q.add_argument("--vis", help="write a PNG: the query crop beside the top-k gallery images with their hits")
     q.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
@@ -96,39 +103,26 @@ def _parser():
 
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("--index", required=True, help="index folder")
+
+    s = sub.add_parser("serve", help="a web page over an index: browse its frames, click or draw a person, see "
+                       "where else they appear (and the same as a JSON API)")
+    s.add_argument("--index", required=True, help="index folder (read only, never written)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the gallery "
+                        "to the network, without any login)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-upload-mb", type=float, default=20, help="largest uploaded query image, in MB")
+    s.add_argument("--config-file", help="the model's config (default: the index's config.yaml)")
+    s.add_argument("--weights", help="the model's weights (default: the file named in the index manifest)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
-
-
-def _check_threshold(value):
-    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"--det-thresh {value}: expected a detection score threshold in [0, 1]")
-
-
-def _cfg(config_file, weights, device, opts=()):
-    import torch
-    from detectron2.config import get_cfg
-
-    from .. import add_dcinet_config
-
-    if not os.path.isfile(config_file):
-        raise UsageError(f"{config_file}: config file not found")
-    cfg = get_cfg()
-    add_dcinet_config(cfg)
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except Exception as e:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError for bad keys
-        raise UsageError(f"{config_file}: not a dcinet-d2 config ({type(e).__name__}: {e})") from None
-    cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return cfg
 
 
 def _items(args):
     from .sources import dataset_items, folder_items, open_video
 
     if args.images:
-        return os.path.abspath(args.images), list(folder_items(args.images))
+        return os.path.abspath(args.images), list(folder_items(args.images, camera=args.camera))
     if args.dataset:
         root, items = dataset_items(args.dataset)
         return root, list(items)
@@ -145,19 +139,20 @@ def _index_worker(args):
 
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = (rank, world) if world > 1 else args.shard
-    cfg = _cfg(args.config_file, args.weights, args.device, args.opts)
+    cfg = model_config(args.config_file, args.weights, args.device, args.opts)
     det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
     # The model must not drop what the index keeps.
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
     root, items = _items(args)
     predictor = PersonSearchPredictor(cfg)
     if rank == 0:
-        index = open_index(args.out, cfg, det_thresh, root)
+        index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     comm.synchronize()
     if rank != 0:
-        index = open_index(args.out, cfg, det_thresh, root)
+        index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     if items is None:
-        items = video_items(args.video, args.every or 1, args.fps, done=set(index.images))
+        items = video_items(args.video, args.every or 1, args.fps, done=set(index.images), camera=args.camera,
+                            start=parse_time(args.video_start, "--video-start"))
     summary = index_items(predictor, items, index, batch_size=args.batch_size,
                           checkpoint_every=args.checkpoint_every, shard=shard,
                           total=len(items) if isinstance(items, list) else None,
@@ -166,7 +161,8 @@ def _index_worker(args):
     comm.synchronize()
     if rank != 0:
         return None
-    final = finalize(args.out) if shard[1] == 1 or world > 1 else None
+    # One process holds every row; under launch the other processes wrote parts this one has not read.
+    final = finalize(args.out, index if world == 1 else None) if shard[1] == 1 or world > 1 else None
     _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1))
     return 0
 
@@ -194,11 +190,14 @@ def _cmd_index(args):
     import torch
     from ..distributed import launch
 
-    _check_threshold(args.det_thresh)
+    check_threshold(args.det_thresh)
     if args.batch_size < 1 or args.checkpoint_every < 1:
         raise UsageError("--batch-size and --checkpoint-every must be at least 1")
-    if (args.every is not None or args.fps is not None) and not args.video:
-        raise UsageError("--every and --fps apply to --video only")
+    if (args.every is not None or args.fps is not None or args.video_start) and not args.video:
+        raise UsageError("--every, --fps and --video-start apply to --video only")
+    if args.camera is not None and args.dataset:
+        raise UsageError("--camera applies to --images and --video")
+    parse_time(args.video_start, "--video-start")
     if args.every is not None and args.every < 1:
         raise UsageError(f"--every {args.every}: expected a positive number of frames")
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
@@ -217,68 +216,41 @@ def _cmd_index(args):
 
 
 def _hit_image_loader(root):
-    from .sources import read_image_bgr
+    from .sources import read_frame, read_image_bgr
 
     def load(hit):
         path = os.path.join(root, hit.image)
-        if hit.frame is None:
-            return read_image_bgr(path)
-        import cv2
-
-        capture = cv2.VideoCapture(path)
-        capture.set(cv2.CAP_PROP_POS_FRAMES, hit.frame)
-        ok, image = capture.read()
-        capture.release()
-        if not ok:
-            raise ValueError(f"{path}: frame {hit.frame} cannot be read")
-        return image
+        return read_image_bgr(path) if hit.frame is None else read_frame(path, hit.frame)
     return load
 
 
-def _query_model(args, manifest):
-    """The model of an index (its config.yaml and weights), or the one given, checked against the index."""
-    from .indexer import model_fingerprint, same_model
-    from .predictor import PersonSearchPredictor
-
-    model = manifest.get("model") or {}
-    config = args.config_file or os.path.join(args.index, "config.yaml")
-    weights = args.weights or model.get("weights")
-    if not weights or not os.path.isfile(weights):
-        raise UsageError(f"{weights}: the index's weights file is not found; give it with --weights")
-    cfg = _cfg(config, weights, args.device)
-    fingerprint = model_fingerprint(cfg)
-    if fingerprint["embedding_dim"] != manifest["embedding_dim"]:
-        raise UsageError(f"{args.index}: index embeddings have dimension {manifest['embedding_dim']}, the model "
-                         f"({config}) makes {fingerprint['embedding_dim']}")
-    if not same_model(model, fingerprint):
-        raise UsageError(f"{args.index}: the index was built by another model than {config} + {weights} (config "
-                         "or weights differ): similarities between them mean nothing; index again with this model")
-    return PersonSearchPredictor(cfg)
-
-
 def _cmd_query(args):
-    from .index import GalleryIndex, read_manifest
+    from .index import GalleryIndex, Hit
+    from .query import answer_query, query_model
     from .sources import read_image_bgr
     from .vis import draw_search
 
-    _check_threshold(args.det_thresh)
+    check_threshold(args.det_thresh)
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: expected a positive number of hits")
     if not os.path.isfile(args.image):
         raise UsageError(f"{args.image}: query image not found")
-    manifest = read_manifest(args.index)
-    if args.det_thresh is not None and args.det_thresh < manifest["det_thresh"] - 1e-9:
-        logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
-                       args.det_thresh, manifest["det_thresh"], manifest["det_thresh"])
-    image = read_image_bgr(args.image)
-    predictor = _query_model(args, manifest)
-    query = predictor.embed(image, [args.box]).numpy()
     index = GalleryIndex.load(args.index)
+    if args.det_thresh is not None and args.det_thresh < index.det_thresh - 1e-9:
+        logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
+                       args.det_thresh, index.det_thresh, index.det_thresh)
+    since, until = parse_time(args.since, "--since"), parse_time(args.until, "--until")
+    if since is not None and until is not None and until < since:
+        raise UsageError(f"--until {args.until} is before --since {args.since}")
+    image = read_image_bgr(args.image)
+    predictor = query_model(index, args.index, args.config_file, args.weights, args.device)
     approximate = True if args.approximate else (False if args.exact else None)
-    hits = index.search(query, args.top_k, det_thresh=args.det_thresh, one_per_image=args.one_per_image,
-                        approximate=approximate, exclude_images=args.exclude_image)[0]
+    answer = answer_query(index, predictor, image, args.box, args.image, args.top_k, det_thresh=args.det_thresh,
+                          one_per_image=args.one_per_image, approximate=approximate,
+                          exclude_images=args.exclude_image, cameras=args.camera, since=since, until=until)
+    hits = [Hit(**h) for h in answer["hits"]]
     if args.json:
-        print(json.dumps({"query": {"image": args.image, "box": args.box}, "hits": [h.to_dict() for h in hits]}))
+        print(json.dumps(answer))
     else:
         _print_hits(hits)
     if args.vis:
@@ -291,9 +263,13 @@ def _cmd_query(args):
 def _print_hits(hits):
     from tabulate import tabulate
 
-    rows = [[h.rank, h.image if h.frame is None else f"{h.image}#{h.frame}", ",".join(f"{v:.0f}" for v in h.box),
+    rows = [[h.rank, h.label, ",".join(f"{v:.0f}" for v in h.box),
              f"{h.similarity:.3f}", f"{h.score:.3f}"] for h in hits]
-    print(tabulate(rows, headers=["rank", "image", "box", "similarity", "det score"], tablefmt="simple"))
+    headers = ["rank", "image", "box", "similarity", "det score"]
+    if any(h.camera or h.time for h in hits):
+        rows = [row + [h.camera or "", h.time or ""] for row, h in zip(rows, hits)]
+        headers += ["camera", "time"]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
     if not hits:
         print("(no gallery detection passes the filters)")
 
@@ -317,22 +293,63 @@ def _cmd_info(args):
     return 0
 
 
+def _is_loopback(host):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _cmd_serve(args):
+    import socket
+
+    import uvicorn
+
+    from .query import open_search
+    from .server import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 0..65535")
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise UsageError(f"--max-upload-mb {args.max_upload_mb}: expected a positive size")
+    try:  # a taken port is one line here, not uvicorn's log after the model has loaded
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    index, predictor = open_search(args.index, args.config_file, args.weights, args.device)
+    local = _is_loopback(args.host)
+    # On loopback, Host names other than the machine's own are refused (web pages elsewhere cannot reach the
+    # server through DNS rebinding); Starlette's check cannot parse IPv6 Host headers, so not for those.
+    allowed = sorted({"127.0.0.1", "localhost", args.host}) if local and ":" not in args.host else None
+    app = create_app(index, predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     allowed_hosts=allowed)
+    if not local:
+        print(f"WARNING: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine on port "
+              f"{args.port} can browse the gallery's images and run queries (there is no login)", file=sys.stderr)
+    url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"serving {args.index} ({index.num_images} images, {index.num_boxes} boxes) at "
+          f"http://{url_host}:{args.port}/  (API docs: /docs; Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv=None):
     """Command line ``dcinet-search``; returns the exit code (2 on bad input, with one "error: ..." line)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=r"torch.meshgrid", category=UserWarning)
     try:
-        return {"index": _cmd_index, "query": _cmd_query, "info": _cmd_info}[args.command](args)
+        return {"index": _cmd_index, "query": _cmd_query, "info": _cmd_info, "serve": _cmd_serve}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted; what was saved is kept (run the same command again to continue)", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
-        if os.environ.get("DCINET_DEBUG"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return report_error(e)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            model fingerprint (config hash, weights checksum), search structure
     config.yaml            the model's config (``dcinet-search query`` rebuilds the model from it)
     parts/*.npz            rows, written as they are computed (numpy arrays, no pickle): ``images`` (U),
-                           ``frames`` (int64, -1 = still image), ``entry_image`` (int64 row -> image),
+                           ``frames`` (int64, -1 = still image), ``cameras`` (U, "" = unknown) and ``times``
+                           (float64 POSIX seconds, NaN = unknown) per image (parts written before them load
+                           as unknown), ``entry_image`` (int64 row -> image),
                            ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
                            ``embeddings`` (float32 [N, D], L2-normalised)
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
@@ -16,7 +18,9 @@ finished part, and the next build skips their images. An image found in two part
 compaction's write and its deletes, or two shards given the same image) is kept once.
 """
 import dataclasses
+import datetime
 import glob
+import math
 import hashlib
 import json
 import logging
@@ -30,7 +34,7 @@ from ..fileio import atomic_open, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex"]
+__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex", "image_label", "read_manifest", "iso_time"]
 
 FORMAT_VERSION = 1
 # At and above this many boxes the index searches an HNSW graph instead of exact flat search: flat search
@@ -42,6 +46,23 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 _NORM_TOLERANCE = 1e-3
 
 
+def image_label(image: str, frame: Optional[int]) -> str:
+    """How a gallery image is named to people: ``image``, or ``image#frame`` for a video frame. Index keys
+    and GalleryItems hold a still image's frame as -1 (numpy int arrays on disk), a Hit as None (JSON null);
+    both are taken here."""
+    return image if frame is None or frame < 0 else f"{image}#{frame}"
+
+
+def iso_time(seconds: Optional[float]) -> Optional[str]:
+    """POSIX seconds as ISO 8601 UTC (``2026-01-02T03:04:05Z``, milliseconds when not whole); None for
+    unknown (None or NaN)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
 @dataclasses.dataclass
 class Hit:
     rank: int  # 1-based
@@ -50,9 +71,15 @@ class Hit:
     box: List[float]  # XYXY, original pixels
     score: float  # detection score
     similarity: float  # cosine similarity to the query
+    camera: Optional[str] = None  # the image's camera (source), None when unknown
+    time: Optional[str] = None  # when it was taken, ISO 8601 UTC, None when unknown
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def label(self) -> str:
+        return image_label(self.image, self.frame)
 
 
 def _digest(keys: Sequence[Tuple[str, int]], num_boxes: int) -> str:
@@ -78,12 +105,15 @@ class GalleryIndex:
         self.dim, self.det_thresh, self.gallery_root, self.model = int(dim), float(det_thresh), gallery_root, model
         self.path = None  # folder this index was loaded from or saved to
         self.images: List[Tuple[str, int]] = []
+        self.cameras: List[str] = []  # per image, "" = unknown
+        self.times: List[float] = []  # per image, POSIX seconds, NaN = unknown
         self._image_ids: Dict[Tuple[str, int], int] = {}
         # Rows are kept as lists of per-image chunks, joined on first use (adding image by image stays linear).
         self._chunks = {"entry_image": [np.zeros(0, np.int64)], "boxes": [np.zeros((0, 4), np.float32)],
                         "scores": [np.zeros(0, np.float32)], "embeddings": [np.zeros((0, self.dim), np.float32)]}
         self._pending = []  # image ids added since the last save
         self._search, self.search_kind = None, None
+        self._place_time = None  # (cameras U [num_images], times float64 [num_images]), built for filters
 
     # ------------------------------------------------------------------ rows
     @property
@@ -97,9 +127,17 @@ class GalleryIndex:
     def __contains__(self, key) -> bool:
         return tuple(key) in self._image_ids
 
-    def add(self, image: str, frame: int, boxes, scores, embeddings):
+    def image_id(self, image: str, frame: Optional[int]) -> int:
+        """The id (position in ``images``) of an image or video frame (None or -1: a still image); KeyError
+        when the index does not hold it. After :meth:`sort` or :meth:`load` a video's frames have consecutive
+        ids in frame order."""
+        return self._image_ids[(image, -1 if frame is None else int(frame))]
+
+    def add(self, image: str, frame: int, boxes, scores, embeddings, camera: Optional[str] = None,
+            time: Optional[float] = None):
         """Add one image's detections (possibly none): boxes [n, 4] XYXY, scores [n], embeddings [n, D]
-        L2-normalised. An image already in the index raises ValueError (an index never holds one twice)."""
+        L2-normalised; ``camera`` (source name) and ``time`` (POSIX seconds) when known. An image already in
+        the index raises ValueError (an index never holds one twice)."""
         key = (str(image), int(frame))
         if key in self._image_ids:
             raise ValueError(f"{image} (frame {frame}) is already in the index")
@@ -114,12 +152,15 @@ class GalleryIndex:
                 raise ValueError(f"{image}: {name} hold NaN or infinite values")
         if len(embeddings) and np.abs(np.linalg.norm(embeddings, axis=1) - 1).max() > _NORM_TOLERANCE:
             raise ValueError(f"{image}: embeddings are not L2-normalised (inner products would not be cosines)")
-        self._append(key, boxes, scores, embeddings)
+        self._append(key, boxes, scores, embeddings, camera or "", math.nan if time is None else float(time))
         self._pending.append(self._image_ids[key])
 
-    def _append(self, key, boxes, scores, embeddings):
+    def _append(self, key, boxes, scores, embeddings, camera="", time=math.nan):
         self._image_ids[key] = len(self.images)
         self.images.append(key)
+        self.cameras.append(str(camera))
+        self.times.append(float(time))
+        self._place_time = None
         for name, value in (("entry_image", np.full(len(scores), self._image_ids[key])), ("boxes", boxes),
                             ("scores", scores), ("embeddings", embeddings)):
             self._chunks[name].append(value)
@@ -136,10 +177,32 @@ class GalleryIndex:
     scores = property(lambda self: self._rows("scores"), doc="float32 [N]: detection scores")
     embeddings = property(lambda self: self._rows("embeddings"), doc="float32 [N, D]: L2-normalised")
 
-    # ------------------------------------------------------------------ search
-    def _structure(self, approximate: Optional[bool]):
-        import faiss
+    def sort(self) -> "GalleryIndex":
+        """Put the images, and their rows, in canonical order (by path, then frame; each image's rows in
+        detection order), the order :meth:`load` gives: a compacted part and ``search.faiss`` are written in
+        it. Returns ``self``."""
+        order = sorted(range(self.num_images), key=self.images.__getitem__)
+        if order == list(range(self.num_images)):
+            return self
+        new_id = np.empty(self.num_images, np.int64)
+        new_id[order] = np.arange(self.num_images)
+        entry = new_id[self.entry_image]
+        rows = np.argsort(entry, kind="stable")
+        chunks = {"entry_image": [entry[rows]], "boxes": [self.boxes[rows]], "scores": [self.scores[rows]],
+                  "embeddings": [self.embeddings[rows]]}
+        self.images = [self.images[i] for i in order]
+        self.cameras = [self.cameras[i] for i in order]
+        self.times = [self.times[i] for i in order]
+        self._image_ids = {key: i for i, key in enumerate(self.images)}
+        self._chunks = chunks
+        self._pending = [int(new_id[i]) for i in self._pending]
+        self._search, self.search_kind, self._place_time = None, None, None
+        return self
 
+    # ------------------------------------------------------------------ search
+    def search_structure(self, approximate: Optional[bool] = None):
+        """The faiss structure searched (built on first use): HNSW when ``approximate`` (None: at and above
+        APPROX_MIN_BOXES rows), exact flat search otherwise."""
         want = ("hnsw" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
                 and self.num_boxes > 0 else "flat")
         if self._search is None or self.search_kind != want:
@@ -147,7 +210,9 @@ class GalleryIndex:
         return self._search
 
     def search(self, queries, top_k: int = 10, det_thresh: Optional[float] = None, one_per_image: bool = False,
-               approximate: Optional[bool] = None, exclude_images: Sequence[str] = ()) -> List[List[Hit]]:
+               approximate: Optional[bool] = None, exclude_images: Sequence[str] = (),
+               cameras: Optional[Sequence[str]] = None, since: Optional[float] = None,
+               until: Optional[float] = None) -> List[List[Hit]]:
         """The ``top_k`` rows most similar to each query, in decreasing similarity.
 
         Args:
@@ -157,6 +222,9 @@ class GalleryIndex:
             approximate: None = HNSW at and above APPROX_MIN_BOXES rows, exact flat search below; or forced.
             exclude_images: gallery image paths (relative to the root) whose rows are left out, e.g. the
                 query's own image.
+            cameras: only images of these cameras (None: any camera, unknown included).
+            since, until: only images taken at or after / at or before these POSIX seconds (images of unknown
+                time are left out when either is given).
         Returns:
             one list of :class:`Hit` per query (shorter than ``top_k`` when fewer rows qualify).
         """
@@ -166,22 +234,51 @@ class GalleryIndex:
         if not np.isfinite(queries).all():
             raise ValueError("query embeddings hold NaN or infinite values")
         keep = np.ones(self.num_boxes, bool) if det_thresh is None else self.scores >= det_thresh
-        if len(exclude_images):
-            leave_out = set(exclude_images)
-            excluded = np.array([image in leave_out for image, _ in self.images] + [False])
-            keep &= ~excluded[self.entry_image]
+        images = self._image_filter(exclude_images, cameras, since, until)
+        if images is not None:
+            keep &= images[self.entry_image]
         wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
         if wanted == 0:
             return [[] for _ in queries]
-        structure = self._structure(approximate)
-        # Filters drop rows after the search: widen k until enough rows pass (or all rows are searched).
-        k = min(self.num_boxes, max(wanted * 4, 32))
+        structure = self.search_structure(approximate)
+        params = None
+        if not keep.all():
+            # The filters act inside the search (a faiss ID selector over the kept rows), so k rows that pass
+            # come back at once; the bitmap must outlive the search.
+            import faiss
+
+            bitmap = np.packbits(keep, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+            params = (faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_EF_SEARCH)
+                      if self.search_kind == "hnsw" else faiss.SearchParameters(sel=selector))
+        # One hit per image drops rows after the search: widen k until enough images come (or all rows).
+        k = min(self.num_boxes, max(wanted * 4, 32) if one_per_image else wanted)
         while True:
-            sims, ids = structure.search(queries, k)
+            sims, ids = structure.search(queries, k, params=params)
             hits = [self._hits(s, i, keep, one_per_image, wanted) for s, i in zip(sims, ids)]
             if all(len(h) >= wanted for h in hits) or k >= self.num_boxes:
                 return hits
-            k = min(self.num_boxes, k * 4)
+            k = min(self.num_boxes, max(k * 4, 32))
+
+    def _image_filter(self, exclude_images, cameras, since, until) -> Optional[np.ndarray]:
+        """bool [num_images + 1] (the last for padding) of images passing the filters; None when all pass."""
+        if not len(exclude_images) and cameras is None and since is None and until is None:
+            return None
+        ok = np.ones(self.num_images + 1, bool)
+        if len(exclude_images):
+            leave_out = set(exclude_images)
+            ok[:-1] &= ~np.array([image in leave_out for image, _ in self.images], bool).reshape(-1)
+        if self._place_time is None:
+            self._place_time = (np.array(self.cameras, dtype=np.str_).reshape(-1),
+                                np.array(self.times, np.float64).reshape(-1))
+        known_cameras, times = self._place_time
+        if cameras is not None:
+            ok[:-1] &= np.isin(known_cameras, np.array(list(cameras), dtype=np.str_))
+        if since is not None or until is not None:
+            with np.errstate(invalid="ignore"):
+                ok[:-1] &= np.isfinite(times) & (times >= (-np.inf if since is None else since)) & \
+                    (times <= (np.inf if until is None else until))
+        return ok
 
     def _hits(self, sims, ids, keep, one_per_image, wanted) -> List[Hit]:
         hits, seen = [], set()
@@ -194,7 +291,8 @@ class GalleryIndex:
             seen.add(img)
             image, frame = self.images[img]
             hits.append(Hit(len(hits) + 1, image, None if frame < 0 else frame,
-                            [round(float(v), 2) for v in self.boxes[row]], float(self.scores[row]), float(sim)))
+                            [round(float(v), 2) for v in self.boxes[row]], float(self.scores[row]), float(sim),
+                            self.cameras[img] or None, iso_time(self.times[img])))
             if len(hits) == wanted:
                 break
         return hits
@@ -228,7 +326,7 @@ class GalleryIndex:
         if search_file and self.num_boxes:
             import faiss
 
-            structure = self._structure(None)
+            structure = self.search_structure(None)
             with atomic_open(os.path.join(path, "search.faiss"), "wb") as f:
                 f.write(faiss.serialize_index(structure).tobytes())
         write_json(os.path.join(path, "manifest.json"), self.manifest())
@@ -243,6 +341,8 @@ class GalleryIndex:
         with atomic_open(name, "wb") as f:
             np.savez(f, images=np.array([self.images[i][0] for i in image_ids], dtype=np.str_),
                      frames=np.array([self.images[i][1] for i in image_ids], np.int64),
+                     cameras=np.array([self.cameras[i] for i in image_ids], dtype=np.str_),
+                     times=np.array([self.times[i] for i in image_ids], np.float64),
                      entry_image=remap[self.entry_image[rows]], boxes=self.boxes[rows], scores=self.scores[rows],
                      embeddings=self.embeddings[rows])
 
@@ -256,8 +356,10 @@ class GalleryIndex:
         keys = sorted({k for part in parts for k in part["keys"]})
         for key in keys:  # first part holding an image wins; parts hold the same rows for it anyway
             part = next(p for p in parts if key in p["where"])
-            rows = part["rows"][part["where"][key]]
-            index._append(key, part["boxes"][rows], part["scores"][rows], part["embeddings"][rows])
+            at = part["where"][key]
+            rows = part["rows"][at]
+            index._append(key, part["boxes"][rows], part["scores"][rows], part["embeddings"][rows],
+                          part["cameras"][at], part["times"][at])
         index.path = path
         index._load_search_file(path, manifest)
         return index
@@ -323,12 +425,15 @@ def _read_part(file, dim):
     try:
         with np.load(file, allow_pickle=False) as z:
             part = {k: z[k] for k in ("images", "frames", "entry_image", "boxes", "scores", "embeddings")}
+            # Parts written before cameras and times were recorded: unknown.
+            part["cameras"] = z["cameras"] if "cameras" in z.files else np.full(len(part["images"]), "")
+            part["times"] = z["times"] if "times" in z.files else np.full(len(part["images"]), np.nan)
     except Exception as e:  # noqa: BLE001 - numpy / zipfile raise many types for a damaged file
         raise ValueError(f"{file}: corrupt index part ({type(e).__name__}: {e}); delete it and index again "
                          "to recompute its images") from None
     n = len(part["scores"])
     if part["embeddings"].shape != (n, dim) or part["boxes"].shape != (n, 4) or len(part["entry_image"]) != n \
-            or len(part["images"]) != len(part["frames"]):
+            or not len(part["images"]) == len(part["frames"]) == len(part["cameras"]) == len(part["times"]):
         raise ValueError(f"{file}: index part does not match the manifest (embedding dimension {dim}); delete it "
                          "and index again")
     part["keys"] = [(str(i), int(f)) for i, f in zip(part["images"], part["frames"])]

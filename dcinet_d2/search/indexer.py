@@ -6,7 +6,6 @@ images whose key hashes to ``i`` modulo ``n``; n processes (Detectron2's ``launc
 share one index folder, each writing its own parts, and a last plain run merges them (``finalize``).
 """
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -21,78 +20,50 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..fileio import atomic_open
-from .index import GalleryIndex, read_manifest
+from .fingerprint import model_fingerprint, same_model
+from .index import GalleryIndex, image_label
 from .sources import GalleryItem, UnreadableImage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["model_fingerprint", "open_index", "index_items", "finalize"]
+__all__ = ["open_index", "index_items", "finalize"]
 
-# Keys that do not change what the model computes for a kept detection.
-_FINGERPRINT_IGNORES = ("MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.ROI_HEADS.SCORE_THRESH_TEST")
-
-
-def _sha256_file(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_fingerprint(cfg) -> Dict:
-    """Identity of the model that makes the embeddings: hashes of its config (MODEL and INPUT nodes, minus
-    weights path, device and score threshold) and of its weights file."""
-    node = cfg.clone()
-    node.defrost()
-    for key in _FINGERPRINT_IGNORES:
-        parent, leaf = key.rsplit(".", 1)
-        setattr(_select(node, parent), leaf, None)
-    text = node.MODEL.dump() + node.INPUT.dump()
-    return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "weights_sha256": _sha256_file(cfg.MODEL.WEIGHTS), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
-            "embedding_dim": int(cfg.MODEL.REID.EMBED_DIM)}
-
-
-def _select(node, dotted):
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def same_model(a: Dict, b: Dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("config_sha256", "weights_sha256", "embedding_dim"))
-
-
-def open_index(path: str, cfg, det_thresh: float, gallery_root: str) -> GalleryIndex:
+def open_index(path: str, cfg, det_thresh: float, gallery_root: str,
+               weights_sha256: Optional[str] = None) -> GalleryIndex:
     """The index at ``path`` to extend, or a new empty one (its manifest and config written at once).
 
-    Raises ValueError when the existing index was built by another model, with another detection threshold
-    or from another gallery root: mixing them would make its rows incomparable.
+    ``weights_sha256``: the hash of the model's weights as loaded (``PersonSearchPredictor.weights_sha256``),
+    so that the file is not read again. Raises ValueError when the existing index was built by another model,
+    with another detection threshold or from another gallery root: mixing them would make its rows
+    incomparable.
     """
-    fingerprint = model_fingerprint(cfg)
+    fingerprint = model_fingerprint(cfg, weights_sha256)
     gallery_root = os.path.abspath(gallery_root)
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise ValueError(f"{path}: exists and is not a gallery index; choose a new or empty --out folder")
-        _create_index(path, cfg, GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint))
-    manifest = read_manifest(path)
+        index = GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint)
+        if _create_index(path, cfg, index):
+            index.path = path
+            return index
+    index = GalleryIndex.load(path)
     problems = []
-    if not same_model(manifest.get("model") or {}, fingerprint):
+    if not same_model(index.model or {}, fingerprint):
         problems.append("it was built by another model (config or weights differ)")
-    if abs(manifest["det_thresh"] - det_thresh) > 1e-9:
-        problems.append(f"it was built with --det-thresh {manifest['det_thresh']}, not {det_thresh}")
-    if manifest["gallery_root"] != gallery_root:
-        problems.append(f"its gallery root is {manifest['gallery_root']}, not {gallery_root}")
+    if abs(index.det_thresh - det_thresh) > 1e-9:
+        problems.append(f"it was built with --det-thresh {index.det_thresh}, not {det_thresh}")
+    if index.gallery_root != gallery_root:
+        problems.append(f"its gallery root is {index.gallery_root}, not {gallery_root}")
     if problems:
         raise ValueError(f"{path}: cannot extend this index: {'; '.join(problems)}; choose another --out")
-    return GalleryIndex.load(path)
+    return index
 
 
-def _create_index(path: str, cfg, index: GalleryIndex):
+def _create_index(path: str, cfg, index: GalleryIndex) -> bool:
     """Write an empty index (manifest and config) in a temporary folder beside ``path``, then rename it to
     ``path`` in one step: shards started together race to create the index, and a loser must find either
-    nothing or a whole index there, never a half-written folder. Losing the race is not an error."""
+    nothing or a whole index there, never a half-written folder. Losing the race is not an error: returns
+    whether this process made the index."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -103,9 +74,11 @@ def _create_index(path: str, cfg, index: GalleryIndex):
         index.save(tmp)
         try:
             os.rename(tmp, path)  # replaces an empty folder; fails if another process made the index first
+            return True
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
+            return False
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
@@ -161,13 +134,13 @@ def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
                 loaded.append((item, item.load()))
             except UnreadableImage as e:
                 logger.warning("skipped %s", e)
-                summary["skipped"].append((item.image if item.frame < 0 else f"{item.image}#{item.frame}", e.reason))
+                summary["skipped"].append((image_label(item.image, item.frame), e.reason))
         if loaded:
             outputs = predictor.predict_batch([image for _, image in loaded])
             for (item, _), out in zip(loaded, outputs):
                 keep = out.scores >= index.det_thresh
                 index.add(item.image, item.frame, out.pred_boxes.tensor[keep].numpy(), out.scores[keep].numpy(),
-                          out.reid_embeddings[keep].numpy())
+                          out.reid_embeddings[keep].numpy(), camera=item.camera, time=item.read_time())
                 summary["indexed"] += 1
                 summary["detections"] += int(keep.sum())
             since_save += len(loaded)
@@ -177,8 +150,12 @@ def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
             since_save = 0
 
 
-def finalize(path: str) -> GalleryIndex:
-    """Merge the parts of an index folder into one, and write its faiss structure (after every shard ends)."""
-    index = GalleryIndex.load(path)
+def finalize(path: str, index: Optional[GalleryIndex] = None) -> GalleryIndex:
+    """Merge the parts of an index folder into one, and write its faiss structure (after every shard ends).
+
+    ``index``: the index as this process holds it, when it holds every row (one process, no shards);
+    otherwise the folder is read (other processes wrote parts of it).
+    """
+    index = GalleryIndex.load(path) if index is None else index.sort()
     index.save(path, compact=True, search_file=True)
     return index

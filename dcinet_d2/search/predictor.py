@@ -8,17 +8,19 @@
 Images follow DefaultPredictor's conventions: uint8 [H, W, 3] in BGR order (as ``cv2.imread`` gives; it is
 flipped when ``cfg.INPUT.FORMAT`` is RGB), resized as at test time. Boxes are XYXY in original pixels.
 """
-import os
 from typing import List, Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-__all__ = ["PersonSearchPredictor", "check_image", "check_boxes", "load_weights"]
+from ..checkpoint import load_weights
+from ..modeling.query import check_boxes
+
+__all__ = ["PersonSearchPredictor", "check_image"]
 
 
 def check_image(image, what="image") -> np.ndarray:
@@ -33,50 +35,6 @@ def check_image(image, what="image") -> np.ndarray:
     return image
 
 
-def check_boxes(boxes, height, width, what="box") -> np.ndarray:
-    """Query boxes as float32 [k, 4], clipped to the image; ValueError for a box that is not finite,
-    inverted, of zero area, or has no part inside the ``width`` x ``height`` image."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim == 1:
-        boxes = boxes[None]
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{what}: expected boxes [k, 4] as x1, y1, x2, y2, got shape {boxes.shape}")
-    for b in boxes:
-        text = ",".join(f"{v:g}" for v in b)
-        if not np.isfinite(b).all():
-            raise ValueError(f"{what} {text}: not a finite number")
-        if b[2] <= b[0] or b[3] <= b[1]:
-            raise ValueError(f"{what} {text}: expected x1 < x2 and y1 < y2 (XYXY in pixels)")
-        if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
-            raise ValueError(f"{what} {text}: lies outside the {width}x{height} image")
-    clipped = boxes.copy()
-    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
-    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
-    return clipped.astype(np.float32)
-
-
-def load_weights(model, path):
-    """Load a trained checkpoint into ``model`` (Detectron2's checkpointer), refusing weights that leave any
-    re-id parameter at its random initial value (a checkpoint of another architecture or config would
-    otherwise give real-looking but meaningless embeddings)."""
-    if not path:
-        raise ValueError("no weights given (MODEL.WEIGHTS / --weights): a trained checkpoint is needed")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: weights file not found")
-    checkpointer = DetectionCheckpointer(model)
-    try:
-        checkpoint = checkpointer._load_file(path)
-    except Exception as e:  # noqa: BLE001 - torch and pickle raise many types for a corrupt file
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
-    incompatible = checkpointer._load_model(checkpoint)
-    # The training memories (reid_loss: dictionary, centers) play no part at inference.
-    missing = [k for k in incompatible.missing_keys if k.startswith("roi_heads") and ".reid_loss." not in k]
-    if missing:
-        raise ValueError(f"{path}: holds no weights for {len(missing)} parameters of this model's heads (e.g. "
-                         f"{missing[0]}): a checkpoint of another architecture or config?")
-
-
 class PersonSearchPredictor(DefaultPredictor):
     """DefaultPredictor of a PersonSearchRCNN model, returning Instances with ``reid_embeddings``."""
 
@@ -85,9 +43,8 @@ class PersonSearchPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
-        load_weights(self.model, cfg.MODEL.WEIGHTS)
-        from detectron2.data import transforms as T
-
+        # sha256 of the weights file as loaded: the model's identity in a gallery index (fingerprint.py).
+        self.weights_sha256 = load_weights(self.model, cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):

@@ -1,8 +1,6 @@
 """CUHK-SYSU parsers and dataset dicts on a small tree in the exact format (tests/data/fixtures.py)."""
-import importlib.util
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import scipy.io as sio
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+import toy_datasets as fx
 from dcinet_d2.data import builtin
 from dcinet_d2.data.cuhk_sysu import (
     check_same_queries,
@@ -26,10 +25,6 @@ from dcinet_d2.data.cuhk_sysu import (
     register_cuhk_sysu,
 )
 from dcinet_d2.data.writers import matlab_struct, write_cuhk_sysu
-
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 
 @pytest.fixture()

@@ -1,24 +1,15 @@
 """The generic gallery JSON format: splits, identities, queries, errors, registration and the COCO converter."""
-import importlib.util
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from dcinet_d2.data.generic import (
-    convert_coco_with_identity,
-    image_sizes,
-    load_search_dataset,
-    register_search_dataset,
-)
-
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import toy_datasets as fx
+from dcinet_d2.data.generic import convert_coco_with_identity, load_search_dataset, register_search_dataset
+from dcinet_d2.data.records import image_sizes
 
 
 @pytest.fixture()
@@ -125,6 +116,22 @@ def test_register(toy):
     train_meta = MetadataCatalog.get("test_generic_toy_train")
     assert train_meta.num_identities == 2 and train_meta.thing_classes == ["tattoo", "logo"]
     assert len(DatasetCatalog.get("test_generic_toy_query")) == 2
+
+
+def test_register_a_taken_name_says_which_and_what_to_do(toy):
+    """Detectron2's own refusal is an AssertionError from deep inside register(); this one names the splits,
+    says what to do, and registers nothing."""
+    json_file, root = toy
+    register_search_dataset("test_generic_twice", json_file, root)
+    with pytest.raises(ValueError) as error:
+        register_search_dataset("test_generic_twice", json_file, root)
+    message = str(error.value)
+    assert "'test_generic_twice_train', 'test_generic_twice_gallery', 'test_generic_twice_query'" in message
+    assert "already registered" in message and "choose another name" in message
+    assert "DatasetCatalog.remove" in message
+    with pytest.raises(ValueError, match="'cuhk_sysu_gallery'"):  # a built-in name
+        register_search_dataset("cuhk_sysu", json_file, root)
+    assert "cuhk_sysu_train" in DatasetCatalog and len(DatasetCatalog.get("test_generic_twice_train")) == 2
 
 
 def _coco(tmp_path):

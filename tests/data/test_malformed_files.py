@@ -1,7 +1,6 @@
 """The dataset loaders on malformed files, made here from the toy trees (tests/data/fixtures.py): a ValueError
 naming the file and what was expected (the variable or key), or the documented logged skip; never another
 exception type or a silently wrong dataset. Part of the bad-input corpus (tests/foundation/test_bad_inputs.py)."""
-import importlib.util
 import json
 import logging
 import os
@@ -11,13 +10,11 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
+import toy_datasets as fx
 from dcinet_d2.data.cuhk_sysu import load_cuhk_sysu
 from dcinet_d2.data.generic import load_search_dataset
 from dcinet_d2.data.prw import load_prw
 
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 CUHK_FILES = {  # file -> (its variable, a split that reads it)
     "annotation/Images.mat": ("Img", "gallery"),
@@ -48,7 +45,8 @@ CORRUPTIONS = {"not a .mat": _not_a_mat, "truncated": _truncated, "empty": _empt
 
 
 # (toy tree writer, loader, its files) per dataset format.
-MAT_DATASETS = {"cuhk_sysu": (fx.write_toy_cuhk, load_cuhk_sysu, CUHK_FILES), "prw": (fx.write_toy_prw, load_prw, PRW_FILES)}
+MAT_DATASETS = {"cuhk_sysu": (fx.write_toy_cuhk, load_cuhk_sysu, CUHK_FILES),
+                "prw": (fx.write_toy_prw, load_prw, PRW_FILES)}
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))

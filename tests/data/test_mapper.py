@@ -120,3 +120,17 @@ def test_from_config(image_dict):
     out = test(image_dict)
     assert tuple(out["image"].shape) == (3, 50, 100) and "annotations" in out
     assert "annotations" not in PersonSearchDatasetMapper(cfg, is_train=False, keep_annotations=False)(image_dict)
+
+
+@pytest.mark.parametrize("keep", ["header only", "half"])
+def test_truncated_image_is_named(image_dict, tmp_path, keep):
+    """An image cut short on disk: PIL says "Truncated File Read" or "image file is truncated" and names no
+    file; the mapper's error names it (train_net.py prints that one line)."""
+    whole = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8))[1].tobytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[:40] if keep == "header only" else whole[: len(whole) // 2])
+    cfg = get_cfg()
+    add_dcinet_config(cfg)
+    mapper = PersonSearchDatasetMapper(cfg, is_train=True)
+    with pytest.raises(OSError, match="cut.jpg: not a readable image"):
+        mapper(dict(image_dict, file_name=str(path)))

@@ -1,14 +1,13 @@
 """PRW parsers and dataset dicts on a small tree in the exact format (tests/data/fixtures.py)."""
-import importlib.util
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io as sio
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+import toy_datasets as fx
 from dcinet_d2.data import builtin
 from dcinet_d2.data.prw import (
     camera_id,
@@ -21,9 +20,6 @@ from dcinet_d2.data.prw import (
 )
 from dcinet_d2.data.writers import write_prw
 
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 TRAIN = ["c1s1_000100.jpg", "c2s1_000200.jpg", "c3s1_000300.jpg"]
 TEST = ["c1s2_000400.jpg", "c2s2_000500.jpg", "c3s2_000600.jpg", "c1s3_000700.jpg"]

@@ -13,7 +13,8 @@ from detectron2.utils import comm
 
 from dcinet_d2.config import add_dcinet_config
 from dcinet_d2.data import sampler as sampler_module
-from dcinet_d2.data.sampler import PairedIdentitySampler, build_person_search_train_loader
+from dcinet_d2.data.build import build_person_search_train_loader
+from dcinet_d2.data.sampler import PairedIdentitySampler
 
 # Identities of each image; -1 unlabelled. Identity 5 is in one image only, image 6 has no identity.
 IMAGE_IDS = [[0, 1], [0, -1], [1, 2], [2, 0], [3], [3, 4], [-1, 5], [4, 1], [2], [-1]]

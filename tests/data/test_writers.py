@@ -1,18 +1,13 @@
 """The writers produce the real files' layouts: read back here the way the field's public loaders index them."""
-import importlib.util
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io as sio
 
+import toy_datasets as fx
 from dcinet_d2.data.writers import write_cuhk_sysu, write_prw
-
-_spec = importlib.util.spec_from_file_location("dcinet_data_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 
 @pytest.fixture()

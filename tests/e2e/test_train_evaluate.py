@@ -64,7 +64,7 @@ def test_trained_model_searches_far_above_chance(trained):
 @pytest.mark.slow
 def test_offline_evaluation_equals_online(trained):
     results_file = trained["out"] / "inference" / "synth_cuhk_sysu_gallery" / "search_results.pth"
-    res = _run(["-m", "dcinet_d2.evaluation.offline", "--format", "cuhk_sysu", "--root", str(trained["data"]),
+    res = _run(["-m", "dcinet_d2.evaluation.cli", "--format", "cuhk_sysu", "--root", str(trained["data"]),
                 "--results", str(results_file), "--gallery-size", "100"], trained["env"])
     offline = json.loads(res.stdout.strip().splitlines()[-1])
     online = _final_metrics(trained["out"])
@@ -94,7 +94,7 @@ def test_index_and_search_the_gallery(trained, tmp_path):
     from detectron2.data import DatasetCatalog
 
     from dcinet_d2 import add_dcinet_config
-    from dcinet_d2.evaluation.protocol import paired_iou
+    from dcinet_d2.evaluation.matching import paired_iou
     from dcinet_d2.search import GalleryIndex, PersonSearchPredictor
     from dcinet_d2.search.sources import read_image_bgr
 

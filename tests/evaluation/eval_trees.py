@@ -146,3 +146,11 @@ def write_test_protocol(root, size, entries):
         records.append((query, matlab_struct(rows, ["imname", "idlocate", "ishard"])))
     path = os.path.join(str(root), "annotation", "test", "train_test", f"TestG{size}.mat")
     sio.savemat(path, {f"TestG{size}": matlab_struct(records, ["Query", "Gallery"])})
+
+
+def assert_bitwise_equal(a, b):
+    """Two dicts of arrays hold the same names, dtypes, shapes and bytes (a cache hit is the build, exactly)."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert a[name].tobytes() == b[name].tobytes(), name

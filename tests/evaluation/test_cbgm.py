@@ -12,8 +12,10 @@ import eval_trees
 from dcinet_d2.config import add_dcinet_config
 from dcinet_d2.data.writers import write_cuhk_sysu
 from dcinet_d2.evaluation.cbgm import ContextMatching, cbgm_rescore, default_k, query_context
-from dcinet_d2.evaluation.offline import evaluate_search_results, main
-from dcinet_d2.evaluation.protocol import GalleryDetections, SearchProtocol, evaluate_search
+from dcinet_d2.evaluation.cli import main
+from dcinet_d2.evaluation.offline import evaluate_search_results
+from dcinet_d2.evaluation.protocol import GalleryDetections, SearchProtocol
+from dcinet_d2.evaluation.search_metrics import evaluate_search
 
 
 # ----------------------------------------------------------------------------- brute force

@@ -141,13 +141,6 @@ def evaluation_arrays(root, results, size):
     return arrays
 
 
-def assert_bitwise_equal(a, b):
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert a[name].tobytes() == b[name].tobytes(), name
-
-
 def no_loadmat(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a .mat file was parsed: the cache was not used")
@@ -175,8 +168,8 @@ def test_cache_hit_equals_the_uncached_path(small_tree, tmp_path, monkeypatch, c
     with caplog.at_level(logging.WARNING):
         hit = evaluation_arrays(root, results, size)  # a new process: from the disk cache only
     assert not cache_warnings(caplog, "protocol cache")
-    assert_bitwise_equal(first, uncached)
-    assert_bitwise_equal(hit, uncached)
+    eval_trees.assert_bitwise_equal(first, uncached)
+    eval_trees.assert_bitwise_equal(hit, uncached)
 
 
 def _rewrite_testg50(root, edit=None):
@@ -238,5 +231,5 @@ def test_a_corrupt_entry_is_rebuilt(small_tree, tmp_path, caplog):
     clear_memory_caches()
     with caplog.at_level(logging.WARNING):
         rebuilt = evaluation_arrays(root, results, 50)
-    assert_bitwise_equal(rebuilt, first)
+    eval_trees.assert_bitwise_equal(rebuilt, first)
     assert len(cache_warnings(caplog, "unreadable entry")) == 1

@@ -9,7 +9,8 @@ import torch
 
 import eval_trees
 import reference_impl
-from dcinet_d2.evaluation.offline import SUMMARY_KEYS, evaluate_search_results, main, summarize
+from dcinet_d2.evaluation.cli import main
+from dcinet_d2.evaluation.offline import SUMMARY_KEYS, evaluate_search_results, summarize
 from dcinet_d2.evaluation.results import save_results
 
 
@@ -81,6 +82,8 @@ def test_command_line(tree, capsys):
     (["--results", "nowhere.pth"], "error: nowhere.pth: results file not found"),
     (["--gallery-size", "33"], "error: unknown CUHK-SYSU gallery size 33"),
     (["--det-thresh", "nan"], "error: --det-thresh nan is not a number"),
+    (["--det-thresh", "5"], "error: --det-thresh 5.0: expected a detection score threshold in [0, 1]"),
+    (["--det-thresh", "-1"], "error: --det-thresh -1.0: expected a detection score threshold in [0, 1]"),
     (["--cross-camera", None], "error: --cross-camera applies to --format prw only"),
     (["--format", "prw", "--gallery-size", "50"], "error: --gallery-size applies to --format cuhk_sysu only"),
 ])
@@ -97,7 +100,7 @@ def test_command_line_process(tree, tmp_path):
     root, _, _ = tree
     text = tmp_path / "garbage.pth"
     text.write_bytes(np.arange(10).tobytes())
-    proc = subprocess.run([sys.executable, "-m", "dcinet_d2.evaluation.offline", "--format", "cuhk_sysu", "--root",
+    proc = subprocess.run([sys.executable, "-m", "dcinet_d2.evaluation.cli", "--format", "cuhk_sysu", "--root",
                            root, "--results", str(text)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {text}: not a results file")

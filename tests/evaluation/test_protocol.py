@@ -6,16 +6,10 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 import reference_impl
-from dcinet_d2.evaluation.protocol import (
-    GalleryDetections,
-    SearchProtocol,
-    average_precision,
-    cmc_curve,
-    evaluate_detection,
-    evaluate_search,
-    iou_threshold,
-    paired_iou,
-)
+from dcinet_d2.evaluation.detection_metrics import evaluate_detection
+from dcinet_d2.evaluation.matching import average_precision, cmc_curve, iou_threshold, paired_iou
+from dcinet_d2.evaluation.protocol import GalleryDetections, SearchProtocol
+from dcinet_d2.evaluation.search_metrics import evaluate_search
 
 STRATEGIES = ("pairs", "dense")
 

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+import eval_trees
+
 from dcinet_d2.evaluation import protocol_cache
 
 
@@ -40,13 +42,6 @@ class Builder:
         return protocol_cache.load_or_build(kind, [protocol_cache.file_version(self.path)], self, version=version)
 
 
-def assert_bitwise_equal(a, b):
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert a[name].tobytes() == b[name].tobytes(), name
-
-
 def cache_warnings(caplog):
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.name == protocol_cache.__name__]
@@ -58,8 +53,8 @@ def test_hit_is_bitwise_equal_to_the_build(cache, source, caplog):
         built = builder.load()
         loaded = builder.load()
     assert builder.calls == 1
-    assert_bitwise_equal(built, builder())
-    assert_bitwise_equal(loaded, built)
+    eval_trees.assert_bitwise_equal(built, builder())
+    eval_trees.assert_bitwise_equal(loaded, built)
     assert loaded["values"].tolist() == [3, 1, 4, 1, 5] and loaded["names"].tolist()[2] == "v4"
     assert not any(a.flags.writeable for a in loaded.values())
     assert not cache_warnings(caplog)
@@ -92,7 +87,7 @@ def test_a_modified_source_invalidates(cache, source, caplog, change):
         again = builder.load()
     assert builder.calls == 2
     assert out["values"].tolist() == ([3, 1, 4, 1, 5] if change == "touch" else [2, 7, 1, 8, 2, 8])
-    assert_bitwise_equal(again, out)
+    eval_trees.assert_bitwise_equal(again, out)
     (warning,) = cache_warnings(caplog)
     assert "stale entry" in warning
 
@@ -144,8 +139,8 @@ def test_a_corrupt_entry_is_rebuilt_with_one_warning(cache, source, caplog, corr
         rebuilt = builder.load()
         again = builder.load()
     assert builder.calls == 2
-    assert_bitwise_equal(rebuilt, built)
-    assert_bitwise_equal(again, built)
+    eval_trees.assert_bitwise_equal(rebuilt, built)
+    eval_trees.assert_bitwise_equal(again, built)
     (warning,) = cache_warnings(caplog)
     assert "unreadable entry" in warning and entry in warning
 
@@ -159,7 +154,7 @@ def test_an_unwritable_cache_dir_means_no_cache(tmp_path, monkeypatch, source, c
         first = builder.load()
         second = builder.load()
     assert builder.calls == 2
-    assert_bitwise_equal(first, second)
+    eval_trees.assert_bitwise_equal(first, second)
     assert first["values"].tolist() == [3, 1, 4, 1, 5]
     (warning,) = cache_warnings(caplog)
     assert "not writable" in warning and "DCINET_CACHE" in warning

@@ -21,8 +21,10 @@ import torch
 from dcinet_d2 import fileio
 from dcinet_d2.data import synthetic as S
 from dcinet_d2.evaluation import cuhk_sysu as cuhk_protocol
-from dcinet_d2.evaluation.offline import evaluate_search_results, main as eval_main
-from dcinet_d2.evaluation.protocol import GalleryDetections, evaluate_search
+from dcinet_d2.evaluation.cli import main as eval_main
+from dcinet_d2.evaluation.offline import evaluate_search_results
+from dcinet_d2.evaluation.protocol import GalleryDetections
+from dcinet_d2.evaluation.search_metrics import evaluate_search
 from dcinet_d2.evaluation.results import save_results
 from dcinet_d2.resume import check_last_checkpoint
 from dcinet_d2.search.index import GalleryIndex
@@ -200,7 +202,7 @@ def test_eval_pickle_in_a_process_prints_one_line(tree, tmp_path):
         pickle.dump({"gallery": {}, "queries": np.ones((2, 2))}, f)
     script = Path(sys.executable).with_name("dcinet-eval")  # the console script, as a user runs it
     command = [str(script)] if script.is_file() else \
-        [sys.executable, "-c", "import sys; from dcinet_d2.evaluation.offline import main; sys.exit(main())"]
+        [sys.executable, "-c", "import sys; from dcinet_d2.evaluation.cli import main; sys.exit(main())"]
     proc = subprocess.run(command + ["--format", "cuhk_sysu", "--root", str(tree["root"]), "--results", str(path),
                                      "--gallery-size", "10"], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 2

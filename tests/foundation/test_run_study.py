@@ -93,7 +93,8 @@ def test_shards_split_the_runs_without_overlap(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("runs: []", "non-empty 'runs'"),
     ("runs: [{name: a, config: configs/none.yaml}]", "config 'configs/none.yaml' not found"),
-    ("runs: [{name: a, config: configs/cpu/dcinet_r18_synth.yaml}, {name: a, config: configs/cpu/dcinet_r18_synth.yaml}]",
+    ("runs: [{name: a, config: configs/cpu/dcinet_r18_synth.yaml}, "
+     "{name: a, config: configs/cpu/dcinet_r18_synth.yaml}]",
      "unique 'name'"),
     ("runs: [{name: a, config: configs/cpu/dcinet_r18_synth.yaml}]\ncurves: [b]", "curves name unknown runs"),
 ])

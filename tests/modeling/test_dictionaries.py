@@ -77,7 +77,7 @@ def test_class_center_batch_mean_update_by_hand():
 def test_class_center_batch_mean_equals_sequential_for_one_feature_per_class():
     g = torch.Generator().manual_seed(0)
     a, b = ClassCenters(50, 8, 0.5, True), ClassCenters(50, 8, 0.5, True, rule="sequential")
-    for step in range(5):
+    for _ in range(5):
         labels = torch.randperm(50, generator=g)[:20]
         labels[:3] = -1
         x = torch.randn(20, 8, generator=g)

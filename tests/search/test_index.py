@@ -118,7 +118,7 @@ def test_parts_hold_no_pickle(tmp_path):
     _filled(num_images=4).save(str(tmp_path))
     part = tmp_path / "parts" / os.listdir(tmp_path / "parts")[0]
     with np.load(part, allow_pickle=False) as z:
-        assert set(z.files) == {"images", "frames", "entry_image", "boxes", "scores", "embeddings"}
+        assert set(z.files) == {"images", "frames", "cameras", "times", "entry_image", "boxes", "scores", "embeddings"}
 
 
 def test_missing_and_corrupt_index_files(tmp_path):
@@ -167,3 +167,62 @@ def test_excluded_images_never_hit():
     hits = index.search(q, top_k=50, exclude_images=[first])[0]
     assert hits and all(h.image != first for h in hits)
     assert len(hits) == min(50, int(sum(index.images[i][0] != first for i in index.entry_image)))
+
+
+def _with_places_and_times(index):
+    """Cameras cam0..cam2 by path (as _filled names them); times one minute apart, every fifth unknown."""
+    index.cameras = [image.split("/")[0] for image, _ in index.images]
+    index.times = [np.nan if i % 5 == 0 else 1_700_000_000.0 + 60 * i for i in range(index.num_images)]
+    return index
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+@pytest.mark.parametrize("cameras,since,until,one", [
+    (["cam1"], None, None, False), (["cam0", "cam2"], None, None, True),
+    (None, 1_700_000_000.0 + 60 * 7, None, False), (None, None, 1_700_000_000.0 + 60 * 20, True),
+    (["cam2"], 1_700_000_000.0 + 60 * 3, 1_700_000_000.0 + 60 * 25, False), (["nowhere"], None, None, False),
+])
+def test_camera_and_time_filters_equal_brute_force(approximate, cameras, since, until, one):
+    index = _with_places_and_times(_filled(num_images=60))
+    times = np.asarray(index.times)
+    ok_image = np.array([(cameras is None or c in cameras) for c in index.cameras])
+    if since is not None or until is not None:
+        with np.errstate(invalid="ignore"):
+            ok_image &= np.isfinite(times) & (times >= (since or -np.inf)) & (times <= (until or np.inf))
+    queries = _unit(np.random.default_rng(2).normal(size=(4, 16)))
+    results = index.search(queries, top_k=6, one_per_image=one, approximate=approximate, cameras=cameras,
+                           since=since, until=until, det_thresh=0.3)
+    for q, hits in zip(queries, results):
+        sims = index.embeddings @ q
+        rows = [r for r in np.argsort(-sims, kind="stable") if ok_image[index.entry_image[r]]
+                and index.scores[r] >= 0.3]
+        if one:
+            rows = [r for n, r in enumerate(rows) if index.entry_image[r] not in index.entry_image[rows[:n]]]
+        assert [h.similarity for h in hits] == pytest.approx([float(sims[r]) for r in rows[:6]], abs=1e-5)
+        for h in hits:
+            i = index.images.index((h.image, -1 if h.frame is None else h.frame))
+            assert h.camera == index.cameras[i]
+            assert (h.time is None) == (not np.isfinite(index.times[i]))
+
+
+def test_cameras_and_times_round_trip_and_old_parts_load_as_unknown(tmp_path):
+    index = GalleryIndex(4, gallery_root="/g")
+    index.add("a.jpg", -1, [[0, 0, 1, 1]], [0.9], _unit(np.ones((1, 4))), camera="door", time=1_767_348_000.5)
+    index.add("b.jpg", -1, [[0, 0, 1, 1]], [0.8], _unit(np.ones((1, 4))))
+    index.save(str(tmp_path / "new"))
+    loaded = GalleryIndex.load(str(tmp_path / "new"))
+    assert loaded.cameras == ["door", ""] and loaded.times[0] == 1_767_348_000.5 and np.isnan(loaded.times[1])
+    hit = loaded.search(_unit(np.ones((1, 4))), top_k=1)[0][0]
+    assert (hit.camera, hit.time) == ("door", "2026-01-02T10:00:00.500Z")
+    assert set(hit.to_dict()) == {"rank", "image", "frame", "box", "score", "similarity", "camera", "time"}
+    # A part as written before cameras and times were recorded.
+    os.makedirs(tmp_path / "old" / "parts")
+    with np.load(tmp_path / "new" / "parts" / os.listdir(tmp_path / "new" / "parts")[0]) as z:
+        old = {k: z[k] for k in z.files if k not in ("cameras", "times")}
+    np.savez(tmp_path / "old" / "parts" / "p-1.npz", **old)
+    (tmp_path / "old" / "manifest.json").write_text((tmp_path / "new" / "manifest.json").read_text())
+    before = GalleryIndex.load(str(tmp_path / "old"))
+    assert before.cameras == ["", ""] and all(np.isnan(before.times))
+    hits = before.search(_unit(np.ones((1, 4))), top_k=2)[0]
+    assert [(h.camera, h.time) for h in hits] == [(None, None), (None, None)]
+    assert before.search(_unit(np.ones((1, 4))), top_k=2, since=0.0)[0] == []

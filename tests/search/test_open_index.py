@@ -3,7 +3,7 @@ import multiprocessing as mp
 
 import pytest
 
-from dcinet_d2.search.cli import _cfg
+from dcinet_d2.search.query import model_config
 from dcinet_d2.search.index import GalleryIndex
 from dcinet_d2.search.indexer import open_index
 
@@ -11,7 +11,7 @@ NUM_PROCS = 6
 
 
 def _open(barrier, config_file, weights, path, gallery_root, results):
-    cfg = _cfg(config_file, weights, "cpu")
+    cfg = model_config(config_file, weights, "cpu")
     barrier.wait()
     try:
         open_index(path, cfg, 0.3, gallery_root)
@@ -41,11 +41,11 @@ def test_an_existing_folder_that_is_not_an_index_is_refused(tiny_model, gallery,
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="exists and is not a gallery index"):
-        open_index(str(tmp_path / "idx"), _cfg(*tiny_model, "cpu"), 0.3, str(gallery))
+        open_index(str(tmp_path / "idx"), model_config(*tiny_model, "cpu"), 0.3, str(gallery))
     assert (tmp_path / "idx" / "notes.txt").read_text() == "mine"
 
 
 def test_an_empty_folder_becomes_the_index(tiny_model, gallery, tmp_path):
     (tmp_path / "idx").mkdir()
-    open_index(str(tmp_path / "idx"), _cfg(*tiny_model, "cpu"), 0.3, str(gallery))
+    open_index(str(tmp_path / "idx"), model_config(*tiny_model, "cpu"), 0.3, str(gallery))
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["config.yaml", "manifest.json", "parts"]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcinet_d2.search.predictor import PersonSearchPredictor, check_boxes, check_image
+from dcinet_d2.modeling.query import check_boxes
+from dcinet_d2.search.predictor import PersonSearchPredictor, check_image
 
 from .conftest import scene
 

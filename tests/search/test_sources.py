@@ -101,3 +101,34 @@ def test_video_that_cannot_be_opened(tmp_path):
         list(video_items(str(tmp_path / "bad.mp4")))
     with pytest.raises(FileNotFoundError, match="no such video"):
         list(video_items(str(tmp_path / "missing.mp4")))
+
+
+def test_cameras_from_folders_or_given_and_exif_times(tmp_path):
+    os.makedirs(tmp_path / "door" / "day1")
+    Image.new("RGB", (8, 8)).save(tmp_path / "top.jpg")
+    exif = Image.Exif()
+    exif[306] = "2026:01:02 10:00:00"
+    Image.new("RGB", (8, 8)).save(tmp_path / "door" / "day1" / "a.jpg", exif=exif)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2026:01:02 11:30:15"  # DateTimeOriginal wins over DateTime
+    exif[306] = "2030:01:01 00:00:00"
+    Image.new("RGB", (8, 8)).save(tmp_path / "door" / "b.jpg", exif=exif)
+    exif = Image.Exif()
+    exif[306] = "not a date"
+    Image.new("RGB", (8, 8)).save(tmp_path / "door" / "c.jpg", exif=exif)
+    items = {i.image: i for i in folder_items(str(tmp_path))}
+    assert {k: i.camera for k, i in items.items()} == {"door/b.jpg": "door", "door/c.jpg": "door",
+                                                        "door/day1/a.jpg": "door", "top.jpg": None}
+    assert items["door/day1/a.jpg"].read_time() == 1_767_348_000.0
+    assert items["door/b.jpg"].read_time() == 1_767_348_000.0 + 90 * 60 + 15
+    assert items["door/c.jpg"].read_time() is None and items["top.jpg"].read_time() is None
+    assert {i.camera for i in folder_items(str(tmp_path), camera="lobby")} == {"lobby"}
+
+
+def test_video_camera_and_frame_times_from_the_start(tmp_path):
+    _video(tmp_path / "v.avi")
+    items = list(video_items(str(tmp_path / "v.avi"), every=3, start=1_767_348_000.0))
+    assert {i.camera for i in items} == {"v.avi"}
+    assert [i.read_time() for i in items] == pytest.approx([1_767_348_000.0 + f / 10 for f in (0, 3, 6, 9)])
+    assert all(i.read_time() is None for i in video_items(str(tmp_path / "v.avi"), every=5, camera="gate"))
+    assert {i.camera for i in video_items(str(tmp_path / "v.avi"), every=5, camera="gate")} == {"gate"}

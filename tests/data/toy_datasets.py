@@ -1,5 +1,6 @@
 """Small CUHK-SYSU / PRW / generic fixture trees with hand-countable contents, and post-editing helpers
-that reproduce the real files' traps. Imported by the tests of tests/data (by path: no packages here)."""
+that reproduce the real files' traps. Imported by name by the tests of tests/data (tests/data/conftest.py
+puts this folder on sys.path)."""
 import json
 import os
 
