@@ -10,8 +10,9 @@ Written to metrics.json beside the training's own scalars (``probe/...``):
 - ``probe/embed_mean_cos``: mean cosine between different boxes of the probe batch's re-id samples (1: every
   box embedded alike), ``probe/embed_pos_cos``: the same between boxes of one identity in different images.
 The probe changes nothing in the training: buffers (BN statistics, OLP dictionary, C2HEP centers) and the
-random generators are restored after it. OLP's agreement with its dictionary is logged by training itself
-(``reid/olp_pos_cos``, ``reid/olp_neg_cos``). docs/METHOD.md, "I-Net's shared box head", uses these probes.
+random generators are restored after it (checked: 40 iterations with and without a probe at iteration 19 give
+the same total loss at iteration 39, to the last digit). OLP's agreement with its dictionary is logged by
+training itself (``reid/olp_pos_cos``, ``reid/olp_neg_cos``). docs/METHOD.md, "I-Net's shared box head", uses these probes.
 """
 import os
 import sys
@@ -27,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import Trainer, setup  # noqa: E402
 
 from dcinet_d2.resume import rng_state, set_rng_state  # noqa: E402
+
+
+DETECTION_LOSSES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 
 
 def _groups(model):
@@ -62,8 +66,8 @@ class ReIDProbe(HookBase):
                 losses = model(self.batch)
         finally:
             del model.roi_heads._reid_losses
-        det = sum(v for k, v in losses.items() if k in ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"))
-        reid = sum(v for k, v in losses.items() if k not in ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"))
+        det = sum(v for k, v in losses.items() if k in DETECTION_LOSSES)
+        reid = sum(v for k, v in losses.items() if k not in DETECTION_LOSSES)
         scalars = {}
         for name, module in _groups(model).items():
             params = [p for p in module.parameters() if p.requires_grad]
