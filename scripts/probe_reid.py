@@ -12,7 +12,8 @@ Written to metrics.json beside the training's own scalars (``probe/...``):
 The probe changes nothing in the training: buffers (BN statistics, OLP dictionary, C2HEP centers) and the
 random generators are restored after it (checked: 40 iterations with and without a probe at iteration 19 give
 the same total loss at iteration 39, to the last digit). OLP's agreement with its dictionary is logged by
-training itself (``reid/olp_pos_cos``, ``reid/olp_neg_cos``). docs/METHOD.md, "I-Net's shared box head", uses these probes.
+training itself (``reid/olp_pos_cos``, ``reid/olp_neg_cos``). docs/METHOD.md, "I-Net's shared box head", uses
+these probes.
 """
 import os
 import sys
