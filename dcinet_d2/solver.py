@@ -19,8 +19,8 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     SOLVER.EMBED_LR_FACTOR, and of each re-id loss's own parameters (HEP's classifier) by
     SOLVER.CLASSIFIER_LR_FACTOR (the LR scheduler scales every group alike)."""
     params = get_default_optimizer_params(
-        model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+        model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM, bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
     inner = getattr(model, "module", model)  # also under DistributedDataParallel
     backbone = getattr(inner, "backbone", None)
     if backbone is not None:

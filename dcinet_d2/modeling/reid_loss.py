@@ -244,7 +244,8 @@ class ReIDLoss(nn.Module):
         if not bool(labelled.any()):
             return (embeddings.sum() + self.hep_weight.sum() + self.hep_bias.sum()) * 0.0
         x, y = embeddings[labelled], pids[labelled]  # x before L2 normalisation
-        cos = F.normalize(x, dim=1) @ F.normalize(self.hep_weight, dim=1).t()
+        unit = F.normalize(x, dim=1)
+        cos = unit @ F.normalize(self.hep_weight, dim=1).t()
         pool = select_priority_pool(
             y, cos.detach(), self.hep_pool_size, hard_per_sample=self.hep_hard_per_sample or None,
             config_key="MODEL.REID.HEP.POOL_SIZE",
@@ -255,8 +256,8 @@ class ReIDLoss(nn.Module):
         if self.hep_logits == "cosine":
             logits = self.hep_scale * cos
         else:
-            x = F.normalize(x, dim=1) if self.hep_logits == "linear_unit" else x
-            logits = x @ self.hep_weight.t() + self.hep_bias
+            scored = unit if self.hep_logits == "linear_unit" else x
+            logits = scored @ self.hep_weight.t() + self.hep_bias
         return hep_loss(logits, y, pool)
 
     def _loss_c2hep(self, embeddings, pids, image_ids):

@@ -29,6 +29,14 @@ def _pids_of(proposals: Instances) -> torch.Tensor:
     return torch.full((len(proposals),), -1, dtype=torch.long, device=proposals.gt_classes.device)
 
 
+def _set_embeddings(instances: List[Instances], embeddings: torch.Tensor) -> List[Instances]:
+    """Split ``embeddings`` [sum N_i, D] (before L2 normalisation) over ``instances`` as their L2-normalised
+    ``reid_embeddings`` [N_i, D]."""
+    for inst, emb in zip(instances, F.normalize(embeddings, dim=1).split([len(x) for x in instances])):
+        inst.reid_embeddings = emb
+    return instances
+
+
 class ReIDROIHeads(StandardROIHeads):
     """Common part of I-Net and DC-I-Net: the re-id loss and embedding of given boxes.
 
@@ -56,10 +64,7 @@ class ReIDROIHeads(StandardROIHeads):
     def forward_with_given_boxes(self, features, instances: List[Instances]) -> List[Instances]:
         """Set ``reid_embeddings`` (Tensor[N_i, D]) on each of ``instances`` from its ``pred_boxes``
         (in the coordinates of the network input)."""
-        embeddings = F.normalize(self.embed_boxes(features, [x.pred_boxes for x in instances]), dim=1)
-        for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
-            inst.reid_embeddings = emb
-        return instances
+        return _set_embeddings(instances, self.embed_boxes(features, [x.pred_boxes for x in instances]))
 
     def embed_detections(self, features, proposals, box_features, instances, kept) -> List[Instances]:
         """Set ``reid_embeddings`` on the detections ``instances`` (per image; ``kept``: per image, the index of
@@ -117,10 +122,7 @@ class INetROIHeads(ReIDROIHeads):
             return super().embed_detections(features, proposals, box_features, instances, kept)
         offsets = torch.tensor([0] + [len(p) for p in proposals[:-1]], device=box_features.device).cumsum(0)
         rows = cat([k + o for k, o in zip(kept, offsets)])
-        embeddings = F.normalize(self.reid_embed(box_features[rows]), dim=1)
-        for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
-            inst.reid_embeddings = emb
-        return instances
+        return _set_embeddings(instances, self.reid_embed(box_features[rows]))
 
     def embed_boxes(self, features, boxes):
         pooled = self.box_pooler([features[f] for f in self.box_in_features], boxes)
