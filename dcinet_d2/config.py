@@ -75,6 +75,11 @@ def add_dcinet_config(cfg):
     cfg.MODEL.REID.OLP.DETACH_POSITIVE = True
     # Unlabelled people's features are pushed into the dictionary as negatives (paper: yes).
     cfg.MODEL.REID.OLP.PUSH_UNLABELED = True
+    # The batch's own other people (other identities and unlabelled, detached) join the dictionary as
+    # negatives. The dictionary alone holds features of earlier steps only, so a model whose features all move
+    # together between steps separates the current pair from every negative without telling people apart
+    # (docs/METHOD.md, "I-Net's shared box head"); negatives from the same step close that shortcut.
+    cfg.MODEL.REID.OLP.BATCH_NEGATIVES = False
 
     # HEP loss (hard example priority softmax over a pool of classes), I-Net's classification loss.
     cfg.MODEL.REID.HEP = CN()

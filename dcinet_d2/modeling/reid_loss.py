@@ -133,6 +133,7 @@ class ReIDLoss(nn.Module):
         self.olp_scale = _require_number(node.SCALE, "MODEL.REID.OLP.SCALE", 0.0, low_open=True)
         self.olp_push_unlabeled = _require_bool(node.PUSH_UNLABELED, "MODEL.REID.OLP.PUSH_UNLABELED")
         self.olp_detach_positive = _require_bool(node.DETACH_POSITIVE, "MODEL.REID.OLP.DETACH_POSITIVE")
+        self.olp_batch_negatives = _require_bool(node.BATCH_NEGATIVES, "MODEL.REID.OLP.BATCH_NEGATIVES")
         size = _require_int(node.DICT_SIZE, "MODEL.REID.OLP.DICT_SIZE", 1)
         self.olp_dictionary = FeatureDictionary(size, self.embed_dim)
 
@@ -218,6 +219,8 @@ class ReIDLoss(nn.Module):
         if anchors.numel() == 0:
             return embeddings.sum() * 0.0
         negatives, mask = self.olp_dictionary.negatives_for(pids[anchors])
+        if self.olp_batch_negatives:
+            negatives, mask = self._with_batch_negatives(negatives.to(embeddings), mask, embeddings, pids, anchors)
         # The seed's gradient is dL/dx_a only: the positive is a target, as the dictionary entries are.
         # Each member of a pair is still an anchor in its own row.
         positive = embeddings[positives].detach() if self.olp_detach_positive else embeddings[positives]
@@ -225,6 +228,17 @@ class ReIDLoss(nn.Module):
         _log_uniform("olp", torch.log1p(valid.float()).mean())
         self._log_olp_agreement(embeddings[anchors], embeddings[positives], negatives.to(embeddings), mask)
         return olp_loss(embeddings[anchors], positive, negatives.to(embeddings), self.olp_scale, mask)
+
+    @staticmethod
+    def _with_batch_negatives(negatives, mask, embeddings, pids, anchors):
+        """Append the batch's samples [n, D] (detached) to the dictionary's negatives [K', D]; per anchor, those
+        of another identity or unlabelled are used (mask [m, K' + n]). The batch's pushed features are only
+        readable by the next step's loss, so without this every negative is from an earlier step."""
+        own = pids[None, :] == pids[anchors][:, None]  # [m, n]; the anchor itself is of its own identity
+        batch_mask = ~own | (pids[None, :] < 0)
+        if mask is None:
+            mask = torch.ones(len(anchors), len(negatives), dtype=torch.bool, device=embeddings.device)
+        return torch.cat([negatives, embeddings.detach()]), torch.cat([mask.to(batch_mask.device), batch_mask], 1)
 
     @staticmethod
     @torch.no_grad()

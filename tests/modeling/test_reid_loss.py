@@ -82,6 +82,28 @@ def test_olp_pairs_and_dictionary_match_an_explicit_computation(base_cfg):
     assert module.olp_dictionary.num_filled == 20
 
 
+def test_olp_batch_negatives_add_the_steps_other_people_to_the_dictionary(base_cfg):
+    module = ReIDLoss(_cfg(base_cfg, ["OLP"], **{"OLP.SCALE": 5.0, "OLP.BATCH_NEGATIVES": True}), 0)
+    emb, pids, images = _batch(0)
+    previous = None
+    for step in range(2):
+        emb, _, _ = _batch(step)
+        got = module(emb, pids, images)["loss_olp"]
+        rows = []
+        for a in range(10):
+            for p in range(10):
+                if pids[a] >= 0 and pids[a] == pids[p] and images[a] != images[p]:
+                    negatives = emb.detach()[pids != pids[a]]  # other ids and the unlabelled, this step
+                    if previous is not None:
+                        negatives = torch.cat([previous[pids != pids[a]], negatives])
+                    rows.append(olp_loss(emb[a:a + 1], emb[p:p + 1], negatives, 5.0))
+        # Unlike the dictionary-only loss (0 at the first step), the first step already has negatives.
+        assert got.item() > 0.1
+        torch.testing.assert_close(got, torch.stack(rows).mean())
+        got.backward()
+        previous = emb.detach()
+
+
 def test_push_unlabeled_false_keeps_only_labelled(base_cfg):
     module = ReIDLoss(_cfg(base_cfg, ["OLP"], **{"OLP.PUSH_UNLABELED": False}), 0)
     module(*_batch(0))
