@@ -50,6 +50,13 @@ def add_dcinet_config(cfg):
     # head (the earlier behaviour, which hands I-Net part of DC-I-Net's gain). Given boxes (queries) are
     # embedded from the box as given either way.
     cfg.MODEL.REID.INET_EMBED = "proposal"
+    # I-Net in training: detection's gradient on the box head it shares with re-id (and through it on the
+    # backbone) is multiplied by this. 1 = the paper (both loss weights 1, each task's full gradient). Configs
+    # that scale every re-id loss weight down from the paper's 1 (the pretrained CPU configs: 0.003) set it to
+    # the same factor, so the shared layers keep the paper's balance of the two tasks at the re-id step size
+    # those configs need; detection's own layers (box predictor, RPN) keep its full gradient (docs/METHOD.md,
+    # "I-Net's shared box head").
+    cfg.MODEL.REID.INET_DETECTION_GRAD_SCALE = 1.0
     # DC-I-Net: a refined box takes the identity of the ground truth it overlaps with IoU >= this
     # (unlabelled person: -1); below it the box is background and gets no re-id loss.
     cfg.MODEL.REID.IOU_THRESHOLD = 0.5

@@ -29,6 +29,19 @@ def _pids_of(proposals: Instances) -> torch.Tensor:
     return torch.full((len(proposals),), -1, dtype=torch.long, device=proposals.gt_classes.device)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 def _set_embeddings(instances: List[Instances], embeddings: torch.Tensor) -> List[Instances]:
     """Split ``embeddings`` [sum N_i, D] (before L2 normalisation) over ``instances`` as their L2-normalised
     ``reid_embeddings`` [N_i, D]."""
@@ -72,6 +85,10 @@ class ReIDROIHeads(StandardROIHeads):
         del proposals, box_features, kept
         return self.forward_with_given_boxes(features, instances)
 
+    def detection_input(self, box_features: torch.Tensor) -> torch.Tensor:
+        """The box head's features [R, C] as the box predictor reads them (a hook for I-Net's gradient scale)."""
+        return box_features
+
     def _reid_losses(self, embeddings: torch.Tensor, pids: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """embeddings [sum R_i, D] (before L2 normalisation) of the re-id samples of each image; pids: per
         image, [R_i] long."""
@@ -85,7 +102,7 @@ class ReIDROIHeads(StandardROIHeads):
             proposals = self.label_and_sample_proposals(proposals, targets)
         box_features = self.box_head(self.box_pooler([features[f] for f in self.box_in_features],
                                                      [x.proposal_boxes for x in proposals]))
-        predictions = self.box_predictor(box_features)
+        predictions = self.box_predictor(self.detection_input(box_features))
         if not self.training:
             pred_instances, kept = self.box_predictor.inference(predictions, proposals)
             return self.embed_detections(features, proposals, box_features, pred_instances, kept), {}
@@ -100,12 +117,16 @@ class INetROIHeads(ReIDROIHeads):
     foreground proposals (coarse boxes), each labelled with its matched person's identity."""
 
     @configurable
-    def __init__(self, *, reid_embed: EmbeddingProjection, embed_from: str = "proposal", **kwargs):
+    def __init__(self, *, reid_embed: EmbeddingProjection, embed_from: str = "proposal",
+                 detection_grad_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if embed_from not in ("proposal", "refined"):
             raise ValueError(f"MODEL.REID.INET_EMBED must be 'proposal' or 'refined', got {embed_from!r}")
+        if not 0.0 <= detection_grad_scale <= 1.0:
+            raise ValueError(f"MODEL.REID.INET_DETECTION_GRAD_SCALE must be in [0, 1], got {detection_grad_scale!r}")
         self.reid_embed = reid_embed
         self.embed_from = embed_from
+        self.detection_grad_scale = float(detection_grad_scale)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -113,7 +134,15 @@ class INetROIHeads(ReIDROIHeads):
         ret["reid_embed"] = EmbeddingProjection(ret["box_head"].output_shape.channels, cfg.MODEL.REID.EMBED_DIM,
                                                 cfg.MODEL.REID.EMBED_NORM)
         ret["embed_from"] = cfg.MODEL.REID.INET_EMBED
+        ret["detection_grad_scale"] = cfg.MODEL.REID.INET_DETECTION_GRAD_SCALE
         return ret
+
+    def detection_input(self, box_features):
+        """In training, detection's gradient on the shared box head scaled by MODEL.REID.INET_DETECTION_GRAD_SCALE
+        (the forward pass, and so the predictions and losses, unchanged)."""
+        if not self.training or self.detection_grad_scale == 1.0:
+            return box_features
+        return _ScaleGradient.apply(box_features, self.detection_grad_scale)
 
     def embed_detections(self, features, proposals, box_features, instances, kept):
         """I-Net retrieves from proposals (MODEL.REID.INET_EMBED "proposal"): a detection's embedding is the

@@ -177,3 +177,39 @@ def test_inet_embeds_each_detection_from_its_proposal(embed_from):
             expected, other = (from_proposal, from_refined) if embed_from == "proposal" else (from_refined, from_proposal)
             torch.testing.assert_close(det.reid_embeddings, expected, atol=1e-4, rtol=1e-4)
             assert not torch.allclose(det.reid_embeddings, other, atol=1e-3)
+
+
+def test_inet_detection_grad_scale_scales_only_detections_gradient_on_the_shared_head():
+    """MODEL.REID.INET_DETECTION_GRAD_SCALE s: the same losses; on the shared box head, detection's gradient
+    times s and re-id's unchanged; the box predictor's gradient unchanged."""
+    grads = {}
+    for scale in (1.0, 0.25):
+        cfg = tiny_cfg(roi_heads="INetROIHeads", losses=("OLP", "HEP"))
+        cfg.MODEL.REID.INET_DETECTION_GRAD_SCALE = scale
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        torch.manual_seed(1)
+        _train_step(model, random_batch(seed=1))  # fills the OLP dictionary
+        torch.manual_seed(2)
+        losses = _train_step(model, random_batch())
+        heads = model.roi_heads
+        for part, names in (("det", ("loss_cls", "loss_box_reg")), ("reid", ("loss_olp", "loss_hep"))):
+            model.zero_grad()
+            sum(losses[n] for n in names).backward(retain_graph=True)
+            grads[scale, part] = (torch.cat([p.grad.flatten() for p in heads.box_head.parameters()]),
+                                  [p.grad for p in heads.box_predictor.parameters()])
+        grads[scale, "losses"] = {k: v.item() for k, v in losses.items()}
+    assert grads[1.0, "losses"] == pytest.approx(grads[0.25, "losses"], rel=1e-6)
+    head_det_1, head_det_s = grads[1.0, "det"][0], grads[0.25, "det"][0]
+    assert head_det_1.abs().sum() > 0
+    torch.testing.assert_close(head_det_s, 0.25 * head_det_1)
+    torch.testing.assert_close(grads[0.25, "reid"][0], grads[1.0, "reid"][0])
+    for a, b in zip(grads[1.0, "det"][1], grads[0.25, "det"][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_inet_detection_grad_scale_out_of_range_names_the_key():
+    cfg = tiny_cfg(roi_heads="INetROIHeads", losses=("OLP", "HEP"))
+    cfg.MODEL.REID.INET_DETECTION_GRAD_SCALE = 1.5
+    with pytest.raises(ValueError, match="MODEL.REID.INET_DETECTION_GRAD_SCALE"):
+        build_model(cfg)
