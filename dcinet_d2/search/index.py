@@ -43,6 +43,10 @@ FORMAT_VERSION = 1
 APPROX_MIN_BOXES = 100_000
 # HNSW: links per node, construction and search breadth (recall@10 >= 0.95 against exact at 1M, BENCHMARKS.md).
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
+# A filtered query over an HNSW graph: when the filter keeps at most this share of the boxes, exact search over
+# the kept rows (faiss flat search with the ID selector, on the graph's own storage) costs less than walking
+# the graph past the rows it rejects, and finds the exact top k (BENCHMARKS.md "Filtered search").
+FILTER_EXACT_MAX_SHARE = 0.25
 _NORM_TOLERANCE = 1e-3
 
 
@@ -249,8 +253,10 @@ class GalleryIndex:
 
             bitmap = np.packbits(keep, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+            if self.search_kind == "hnsw" and np.count_nonzero(keep) <= FILTER_EXACT_MAX_SHARE * len(keep):
+                structure = faiss.downcast_index(structure.storage)  # the graph's flat copy of the embeddings
             params = (faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_EF_SEARCH)
-                      if self.search_kind == "hnsw" else faiss.SearchParameters(sel=selector))
+                      if isinstance(structure, faiss.IndexHNSW) else faiss.SearchParameters(sel=selector))
         # One hit per image drops rows after the search: widen k until enough images come (or all rows).
         k = min(self.num_boxes, max(wanted * 4, 32) if one_per_image else wanted)
         while True:
