@@ -76,7 +76,7 @@ def _parse_row(path, lineno, line):
         raise _bad(path, f"line {lineno}: frame {parts[0]} and id {parts[1]} must be integers, frames from 1")
     if w < 0 or h < 0:
         raise _bad(path, f"line {lineno}: width {parts[4]} or height {parts[5]} is negative")
-    return int(frame), int(pid), [x, y, x + w, y + h], int(flag), int(cls)
+    return int(frame), int(pid), [x, y, x + w, y + h], 0 if flag == 0 else 1, int(cls)
 
 
 @functools.lru_cache(maxsize=16)
