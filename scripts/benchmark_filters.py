@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """The cost of a filtered gallery query (cameras, a time span) against an unfiltered one, on this machine.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8] [--max-ef 64 128 ...]
 
 Embeddings as scripts/benchmark_search.py draws them (identities of 10 noisy views, identity directions in a
 32-dimensional subspace), 10 boxes an image, image i of camera ``cam{i % cameras}`` taken at i seconds; the
 index's own search structure (HNSW from 100,000 boxes). For each filter: the share of boxes it selects,
 single-query p50 / p95 through ``GalleryIndex.search`` (top 10, the filter and ``Hit`` objects included),
-the ratio to the unfiltered p50, and recall@10 against exact search over the selected rows; then the same
-with each strategy of the filtered search forced (``--strategies``), to show where the cost goes.
+the ratio to the unfiltered p50, recall@10 against exact search over the selected rows, and the time of the
+row mask alone; then the same with each strategy of the filtered search forced (exact over the kept rows;
+the structure with the ID selector, HNSW's efSearch widened up to each ``--max-ef``), to show where the cost
+goes and where the index's rule (FILTER_EXACT_MAX_ROWS, FILTER_MAX_EF_SEARCH in dcinet_d2/search/index.py)
+comes from.
 Prints Markdown tables for BENCHMARKS.md.
 """
 import argparse
@@ -86,10 +89,10 @@ def main(argv=None):
     parser.add_argument("--boxes", type=int, default=100_000)
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=500, help="single queries timed per filter")
+    parser.add_argument("--repeats", type=int, default=300, help="single queries timed per filter")
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--strategies", nargs="*", default=["hnsw", "exact"],
-                        help="also time every filter with this strategy forced (the index's choice first)")
+    parser.add_argument("--max-ef", type=int, nargs="*", default=[64, 128, 256, 512, 1024],
+                        help="also time every filter with the selector forced, efSearch widened up to each of these")
     args = parser.parse_args(argv)
     import faiss
 
@@ -102,27 +105,41 @@ def main(argv=None):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     index = build_index(data, args.cameras)
     index.search(queries[0], top_k=10)  # builds the search structure
-    print(f"{index.num_boxes:,} boxes, {index.num_images:,} images, {args.cameras} cameras, D = {args.dim}, "
-          f"search: {index.search_kind}, threads: {faiss.omp_get_max_threads()}; filtered-search rule: exact over "
-          f"the selected rows up to {index_module.FILTER_EXACT_MAX_SHARE:.0%} of the boxes, HNSW with the "
-          f"selector above\n", flush=True)
-    choice = index_module.FILTER_EXACT_MAX_SHARE
-    for strategy in [None] + args.strategies:
-        index_module.FILTER_EXACT_MAX_SHARE = choice if strategy is None else (1.0 if strategy == "exact" else 0.0)
-        title = "the index's choice" if strategy is None else f"forced: {strategy}"
-        print(f"{title}\n\n| filter | boxes selected | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | recall@10 vs exact "
-              "| of which the row mask (ms) |\n|---|---|---|---|---|---|---|", flush=True)
-        base = None
+    chosen = {"FILTER_EXACT_MAX_ROWS": index_module.FILTER_EXACT_MAX_ROWS,
+              "FILTER_MAX_EF_SEARCH": index_module.FILTER_MAX_EF_SEARCH}
+    strategies = [("the index's choice", chosen),
+                  ("exact over the kept rows", dict(chosen, FILTER_EXACT_MAX_ROWS=10**12))]
+    strategies += [(f"selector, efSearch up to {ef}", {"FILTER_EXACT_MAX_ROWS": 0, "FILTER_MAX_EF_SEARCH": ef})
+                   for ef in args.max_ef]
+    table = {}
+    for title, knobs in strategies:
+        for key, value in knobs.items():
+            setattr(index_module, key, value)
         for name, kw in filters(index.num_images, args.cameras):
             if index.num_images * 10 * min(kw.get("until", 1e18) / index.num_images, 1) < 10:
                 continue  # fewer than 10 boxes pass: nothing to rank
-            share, p50, p95, recall, mask = measure(index, queries, kw, args.repeats, args.recall_queries)
-            base = base or p50
-            print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {recall:.3f} | {mask:.3f} |",
-                  flush=True)
-        print()
-    index_module.FILTER_EXACT_MAX_SHARE = choice
-    print(f"Command: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python "
+            table[title, name] = measure(index, queries, kw, args.repeats, args.recall_queries)
+            print(title, name, table[title, name], file=sys.stderr, flush=True)
+    for key, value in chosen.items():
+        setattr(index_module, key, value)
+    names = [n for n, _ in filters(index.num_images, args.cameras) if (strategies[0][0], n) in table]
+    print(f"{index.num_boxes:,} boxes, {index.num_images:,} images, {args.cameras} cameras, D = {args.dim}, search: "
+          f"{index.search_kind}, threads: {faiss.omp_get_max_threads()}; the index's rule: exact over the kept rows "
+          f"up to {chosen['FILTER_EXACT_MAX_ROWS']:,} of them, else HNSW with the selector, efSearch "
+          f"{index_module.HNSW_EF_SEARCH} / share kept, at most {chosen['FILTER_MAX_EF_SEARCH']}\n")
+    base = table[strategies[0][0], "none"][1]
+    print("| filter | boxes kept | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | recall@10 vs exact "
+          "| of which the row mask (ms) |\n|---|---|---|---|---|---|---|")
+    for name in names:
+        share, p50, p95, recall, mask = table[strategies[0][0], name]
+        print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {recall:.3f} | {mask:.3f} |")
+    print("\nEach strategy forced (p50 ms / recall@10):\n")
+    print("| filter | boxes kept | " + " | ".join(t for t, _ in strategies[1:]) + " |")
+    print("|---|---|" + "---|" * (len(strategies) - 1))
+    for name in names:
+        cells = [f"{table[t, name][1]:.2f} / {table[t, name][3]:.3f}" for t, _ in strategies[1:]]
+        print(f"| {name} | {table[strategies[0][0], name][0]:.1%} | " + " | ".join(cells) + " |")
+    print(f"\nCommand: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python "
           f"scripts/benchmark_filters.py {' '.join(argv or sys.argv[1:])}")
 
 
