@@ -267,7 +267,7 @@ class GalleryIndex:
 
         rows = np.flatnonzero(keep).astype(np.int64)
         if len(rows) <= FILTER_EXACT_MAX_ROWS:
-            embeddings = self.embeddings
+            embeddings = np.ascontiguousarray(self.embeddings, np.float32)  # faiss reads the raw buffer
 
             def exact(queries, k):
                 sims, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
