@@ -9,11 +9,14 @@ names (``_train``, ``_gallery``,     root
 ``prw_*``                            ``<datasets>/prw``
 ``synth_cuhk_sysu_*``                ``<datasets>/synthetic_cuhk_sysu``
 ``synth_prw_*``                      ``<datasets>/synthetic_prw``
+``mot_<folder>_*``                   ``<datasets>/mot/<folder>``: each folder there, MOTChallenge sequences
+                                     (one, or several: mot.py), ids per sequence
 ==================================  ==========================================
 """
 import os
 
 from .cuhk_sysu import register_cuhk_sysu
+from .mot import register_mot
 from .prw import register_prw
 
 __all__ = ["datasets_root", "register_all"]
@@ -30,6 +33,10 @@ def register_all(root):
     register_prw("prw", os.path.join(root, "prw"))
     register_cuhk_sysu("synth_cuhk_sysu", os.path.join(root, "synthetic_cuhk_sysu"))
     register_prw("synth_prw", os.path.join(root, "synthetic_prw"))
+    mot = os.path.join(root, "mot")
+    for folder in sorted(os.listdir(mot)) if os.path.isdir(mot) else []:
+        if os.path.isdir(os.path.join(mot, folder)):
+            register_mot(f"mot_{folder}", os.path.join(mot, folder))
 
 
 register_all(datasets_root())

@@ -34,7 +34,8 @@ from .records import SPLITS, build_dataset_dicts, contiguous_ids, register_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_search_json", "load_search_dataset", "register_search_dataset", "convert_coco_with_identity"]
+__all__ = ["read_search_json", "load_parsed", "load_search_dataset", "register_search_dataset",
+           "convert_coco_with_identity"]
 
 
 # ----------------------------------------------------------------------------- the generic JSON format
@@ -159,6 +160,8 @@ def _image_record(img, anns, id_map=None):
     rec = {"image_id": img["file_name"], "boxes": boxes, "person_ids": pids, "category_ids": [a[3] for a in anns]}
     if "height" in img and "width" in img:
         rec.update(height=img["height"], width=img["width"])
+    if "camera" in img:
+        rec["extra"] = {"camera": img["camera"]}
     return rec
 
 
@@ -175,7 +178,7 @@ def _query_records(json_file, parsed):
         if ann[2] < 0:
             raise _bad(json_file, f"query {index}: annotation {ann_id} has no identity")
         rec = _image_record(img, [ann])
-        rec["extra"] = {"query_index": index}
+        rec["extra"] = {**rec.get("extra", {}), "query_index": index}
         records.append(rec)
     return records
 
@@ -194,14 +197,21 @@ def load_search_dataset(json_file, image_root, split, dataset_name=None):
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
-    parsed = read_search_json(json_file)
-    name = dataset_name or f"{json_file}:{split}"
+    return load_parsed(read_search_json(json_file), json_file, image_root, split, dataset_name)
+
+
+def load_parsed(parsed, source, image_root, split, dataset_name=None):
+    """:func:`load_search_dataset` of an already parsed gallery (the form :func:`read_search_json` returns;
+    other formats, e.g. MOT sequences, parse into it); ``source`` names it in messages."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    name = dataset_name or f"{source}:{split}"
     if split == "query":
-        dicts = build_dataset_dicts(name, image_root, _query_records(json_file, parsed), query=True)
+        dicts = build_dataset_dicts(name, image_root, _query_records(source, parsed), query=True)
     else:
         images = [img for img in parsed["images"] if img["split"] == split]
         if not images:
-            raise _bad(json_file, f"no images with split '{split}'")
+            raise _bad(source, f"no images with split '{split}'")
         id_map = None
         if split == "train":
             id_map, num_ids = contiguous_ids(a[2] for img in images for a in parsed["annotations"][img["id"]])

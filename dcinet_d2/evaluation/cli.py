@@ -1,9 +1,10 @@
 """The ``dcinet-eval`` command: evaluate a results file on a dataset (:mod:`.offline`).
 
-    dcinet-eval --format cuhk_sysu|prw|generic --root DIR --results FILE [--gallery-size N]
-                [--det-thresh T] [--cross-camera] [--labeled-only] [--cbgm [--cbgm-k1 N] [--cbgm-k2 N]]
+    dcinet-eval --format cuhk_sysu|prw|generic|mot --root DIR --results FILE [--gallery-size N]
+                [--det-thresh T] [--cross-camera] [--shared-ids] [--labeled-only] [--cbgm [--cbgm-k1 N] [--cbgm-k2 N]]
 
-prints a table and, as its last line, the summary as JSON (``--root`` is the JSON file for ``generic``).
+prints a table and, as its last line, the summary as JSON (``--root`` is the JSON file for ``generic``, the
+sequence or folder of sequences for ``mot``).
 With ``--cbgm`` the search is scored twice, plainly and with SeqNet's context bipartite graph matching
 (:mod:`.cbgm`): a second table row and the keys ``mAP@cbgm``, ``top1@cbgm``, ... beside the plain ones.
 Bad input ends in one ``error: ...`` line naming the file or value and exit code 2.
@@ -26,7 +27,7 @@ def format_table(result):
     from tabulate import tabulate
 
     setting = result["setting"]
-    name = {"cuhk_sysu": "CUHK-SYSU", "prw": "PRW", "generic": "generic"}[setting["format"]]
+    name = {"cuhk_sysu": "CUHK-SYSU", "prw": "PRW", "generic": "generic", "mot": "MOT"}[setting["format"]]
     if "gallery_size" in setting:
         name += f" (gallery {'full set' if setting['gallery_size'] == -1 else setting['gallery_size']})"
     if "cross_camera" in setting:
@@ -45,12 +46,15 @@ def _parser():
     parser = argparse.ArgumentParser(prog="dcinet-eval", description="Person-search evaluation of a results file "
                                      "(the field's protocols: mAP, top-k, detection AP and recall, in percent).")
     parser.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
-    parser.add_argument("--root", required=True, help="dataset root (generic: the gallery JSON file)")
+    parser.add_argument("--root", required=True, help="dataset root (generic: the gallery JSON file; mot: the "
+                        "sequence or the folder of sequences)")
     parser.add_argument("--results", required=True, help="results file (torch.save of the results dict)")
     parser.add_argument("--gallery-size", type=int, default=None,
                         help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000 or -1 (full set)")
     parser.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold, in [0, 1]")
     parser.add_argument("--cross-camera", action="store_true", help="PRW: cross-camera setting")
+    parser.add_argument("--shared-ids", action="store_true",
+                        help="MOT: one id is one person in every sequence (default: ids are per sequence)")
     parser.add_argument("--labeled-only", action="store_true", help="detection metrics on labelled people only")
     parser.add_argument("--cbgm", action="store_true", help="also report the search re-scored with SeqNet's context "
                         "bipartite graph matching (a second row; JSON keys mAP@cbgm, top1@cbgm, ...)")
@@ -86,6 +90,8 @@ def main(argv=None):
         problem = f"--gallery-size applies to --format cuhk_sysu only (got --format {args.format})"
     elif args.cross_camera and args.format != "prw":
         problem = f"--cross-camera applies to --format prw only (got --format {args.format})"
+    elif args.shared_ids and args.format != "mot":
+        problem = f"--shared-ids applies to --format mot only (got --format {args.format})"
     else:
         problem = _cbgm_problem(args)
     if problem:
@@ -96,7 +102,7 @@ def main(argv=None):
         result = evaluate_search_results(args.results, args.format, args.root, gallery_size=gallery_size,
                                          det_thresh=args.det_thresh, cross_camera=args.cross_camera,
                                          labeled_only=args.labeled_only, cbgm=args.cbgm, cbgm_k1=args.cbgm_k1,
-                                         cbgm_k2=args.cbgm_k2)
+                                         cbgm_k2=args.cbgm_k2, shared_ids=args.shared_ids)
     except Exception as e:  # noqa: BLE001 - a command line reports bad input in one line, never a traceback
         return report_error(e)
     print(format_table(result))

@@ -52,9 +52,13 @@ class PersonSearchEvaluator(DatasetEvaluator):
         """
         meta = MetadataCatalog.get(dataset_name)
         self._format, self._root = meta.dataset_format, meta.root
+        # Results key gallery images by base name, MOT frames by their path under the root (the dicts'
+        # image_id): every sequence has a 000001.jpg.
+        self._key_by_path = self._format == "mot"
+        self._shared_ids = bool(meta.get("shared_ids", False))
         self._dataset_name = dataset_name
         self._output_dir = output_dir if save else None
-        self._settings = self._protocol_settings(self._format, gallery_sizes)
+        self._settings = self._protocol_settings(self._format, gallery_sizes, self._shared_ids)
         self._det_thresh = det_thresh
         self._cbgm = {"cbgm": bool(cbgm), "cbgm_k1": cbgm_k1 or None, "cbgm_k2": cbgm_k2 or None}
         self.reset()
@@ -68,7 +72,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             if "query_index" in inp:
                 self._queries[inp["query_index"]] = inst.reid_embeddings[0]
             else:
-                self._gallery[os.path.basename(inp["file_name"])] = {
+                key = inp["image_id"] if self._key_by_path else os.path.basename(inp["file_name"])
+                self._gallery[key] = {
                     "boxes": inst.pred_boxes.tensor.float(), "scores": inst.scores.float(),
                     "embeddings": inst.reid_embeddings.float()}
 
@@ -93,13 +98,15 @@ class PersonSearchEvaluator(DatasetEvaluator):
         return OrderedDict(search=self._metrics(results))
 
     @staticmethod
-    def _protocol_settings(dataset_format, gallery_sizes):
+    def _protocol_settings(dataset_format, gallery_sizes, shared_ids=False):
         """(metric-name suffix, evaluate_search_results keywords) of each reported setting; the first is
         the headline (no suffix)."""
         if dataset_format == "cuhk_sysu":
             return [("" if i == 0 else f"@gallery{n}", {"gallery_size": n}) for i, n in enumerate(gallery_sizes)]
         if dataset_format == "prw":
             return [("", {"cross_camera": False}), ("@cross_camera", {"cross_camera": True})]
+        if dataset_format == "mot":
+            return [("", {"shared_ids": shared_ids})]
         return [("", {})]
 
     def _metrics(self, results):

@@ -1,7 +1,9 @@
-"""Search protocol of the generic gallery JSON format (:mod:`dcinet_d2.data.generic`), as arrays for the core.
+"""Search protocol of the generic gallery JSON format (:mod:`dcinet_d2.data.generic`), as arrays for the core;
+also of MOTChallenge sequences (:mod:`dcinet_d2.data.mot`), which parse into the same form.
 
 Gallery images are the "gallery" images of the file, in file order, named by the base name of their
-``file_name`` (the key of the results file; ValueError if two gallery images share a base name). Each query
+``file_name`` (the key of the results file; ValueError if two gallery images share a base name); MOT frames
+by their ``file_name`` (path under the root: every sequence has a 000001.jpg). Each query
 (an annotation id of "queries") searches every gallery image but its own; its ground truth: the gallery
 images holding an annotation of its identity (the first one if the identity appears twice in an image).
 Boxes are those of the file, clipped to the image when the file gives its ``height`` and ``width``.
@@ -17,9 +19,11 @@ __all__ = ["gallery_images", "search_protocol", "query_people", "detection_groun
 
 
 def _gallery(json_file):
-    parsed = read_search_json(json_file)
+    """(parsed, gallery images, their names); ``json_file`` may also be an already parsed gallery (a dict, as
+    :func:`dcinet_d2.data.mot.read_mot` returns)."""
+    parsed = json_file if isinstance(json_file, dict) else read_search_json(json_file)
     images = [img for img in parsed["images"] if img["split"] == "gallery"]
-    names = [os.path.basename(img["file_name"]) for img in images]
+    names = [img["file_name"] if parsed.get("key_by_path") else os.path.basename(img["file_name"]) for img in images]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"{json_file}: two gallery images share the base name {dup!r} (results files key "

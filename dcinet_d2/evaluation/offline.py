@@ -8,6 +8,7 @@ normalised with a warning.
 import logging
 import os
 
+from ..data.mot import read_mot
 from . import cuhk_sysu, generic, prw
 from .cbgm import ContextMatching, default_k
 from .detection_metrics import evaluate_detection
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "SUMMARY_KEYS", "SEARCH_KEYS", "evaluate_search_results", "summarize"]
 
-FORMATS = ("cuhk_sysu", "prw", "generic")
+FORMATS = ("cuhk_sysu", "prw", "generic", "mot")
 SUMMARY_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
 SEARCH_KEYS = SUMMARY_KEYS[:4]
 
@@ -37,7 +38,7 @@ def _check_root(dataset_format, root):
         raise NotADirectoryError(f"{root}: is not a folder (expected {what})")
 
 
-def _dataset(dataset_format, root, gallery_size, cross_camera):
+def _dataset(dataset_format, root, gallery_size, cross_camera, shared_ids=False):
     """(gallery image names, protocol factory, detection ground truth, query people factory) of a dataset."""
     _check_root(dataset_format, root)
     if dataset_format == "cuhk_sysu":
@@ -49,24 +50,28 @@ def _dataset(dataset_format, root, gallery_size, cross_camera):
         names = prw.gallery_images(root)
         return (names, lambda: prw.search_protocol(root, cross_camera, names), prw.detection_ground_truth,
                 lambda: prw.query_people(root, names))
-    if dataset_format == "generic":
-        names = generic.gallery_images(root)
-        return (names, lambda: generic.search_protocol(root, names), generic.detection_ground_truth,
-                lambda: generic.query_people(root, names))
+    if dataset_format in ("generic", "mot"):
+        source = read_mot(root, shared_ids) if dataset_format == "mot" else root  # MOT parses into generic's form
+        names = generic.gallery_images(source)
+        return (names, lambda: generic.search_protocol(source, names),
+                lambda _, names, labeled: generic.detection_ground_truth(source, names, labeled),
+                lambda: generic.query_people(source, names))
     raise ValueError(f"unknown dataset format {dataset_format!r}: expected one of {FORMATS}")
 
 
 def evaluate_search_results(results, dataset_format, root, *, gallery_size=100, det_thresh=0.5,
-                            cross_camera=False, labeled_only=False, cbgm=False, cbgm_k1=None, cbgm_k2=None):
+                            cross_camera=False, labeled_only=False, cbgm=False, cbgm_k1=None, cbgm_k2=None,
+                            shared_ids=False):
     """The field's search and detection metrics of a results file on a dataset.
 
     Args:
         results (str or dict): a results file path, or the dict it holds (ARCHITECTURE.md "Results file").
-        dataset_format (str): "cuhk_sysu", "prw" or "generic".
-        root (str): dataset root (generic: the JSON file).
+        dataset_format (str): "cuhk_sysu", "prw", "generic" or "mot".
+        root (str): dataset root (generic: the JSON file; mot: the sequence or the folder of sequences).
         gallery_size (int): CUHK-SYSU only: 50, 100, 500, 1000, 2000, 4000 or -1 (full set).
         det_thresh (float): detections with a lower score are ignored.
         cross_camera (bool): PRW only: the cross-camera setting instead of "all".
+        shared_ids (bool): MOT only: one id is one person in every sequence (:mod:`dcinet_d2.data.mot`).
         labeled_only (bool): detection metrics over labelled people only (default: all people).
         cbgm (bool): also score the search with CBGM re-scoring (:mod:`.cbgm`).
         cbgm_k1, cbgm_k2 (int or None): CBGM's k1 and k2 (None or 0: SeqNet's for the dataset format,
@@ -92,7 +97,8 @@ def evaluate_search_results(results, dataset_format, root, *, gallery_size=100, 
     else:
         source = "results"
         results = validate_results(results, source, check_finite=False)
-    names, make_protocol, detection_gt, query_people = _dataset(dataset_format, root, gallery_size, cross_camera)
+    names, make_protocol, detection_gt, query_people = _dataset(dataset_format, root, gallery_size, cross_camera,
+                                                                shared_ids)
     protocol = make_protocol()
     gallery, queries = gallery_detections(results, names, source)
     if len(queries) != protocol.num_queries:
@@ -108,6 +114,8 @@ def evaluate_search_results(results, dataset_format, root, *, gallery_size=100, 
         setting["gallery_size"] = int(gallery_size)
     if dataset_format == "prw":
         setting["cross_camera"] = bool(cross_camera)
+    if dataset_format == "mot":
+        setting["shared_ids"] = bool(shared_ids)
     out = {**search.summary(), **det.summary(), "setting": setting, **_search_arrays(search),
            "detection": {"count_tp": det.count_tp, "count_gt": det.count_gt, "num_detections": det.num_detections}}
     if cbgm:

@@ -163,11 +163,13 @@ def _index_worker(args):
         return None
     # One process holds every row; under launch the other processes wrote parts this one has not read.
     final = finalize(args.out, index if world == 1 else None) if shard[1] == 1 or world > 1 else None
-    _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1))
+    _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1), det_thresh)
     return 0
 
 
-def _print_index_summary(args, summaries, final, shard):
+def _print_index_summary(args, summaries, final, shard, det_thresh):
+    from .indexer import few_detections_warning
+
     indexed = sum(s["indexed"] for s in summaries)
     detections = sum(s["detections"] for s in summaries)
     seconds = max(s["seconds"] for s in summaries)
@@ -179,6 +181,10 @@ def _print_index_summary(args, summaries, final, shard):
     print(f"skipped {len(skipped)} images" + (":" if skipped else ""))
     for image, reason in skipped:
         print(f"  {image}: {reason}")
+    warning = few_detections_warning(indexed, sum(s["empty"] for s in summaries), det_thresh)
+    if warning:
+        logger.warning(warning)
+        print(f"warning: {warning}")
     if final is not None:
         print(f"index {args.out}: {final.num_images} images, {final.num_boxes} boxes, "
               f"{final.search_kind or 'flat'} search")

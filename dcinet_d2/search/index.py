@@ -43,6 +43,13 @@ FORMAT_VERSION = 1
 APPROX_MIN_BOXES = 100_000
 # HNSW: links per node, construction and search breadth (recall@10 >= 0.95 against exact at 1M, BENCHMARKS.md).
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
+# A filtered query: when the filters keep at most this many boxes, exact search over the kept rows alone
+# (faiss.knn_inner_products_by_idx: cost in proportion to the rows kept) is cheaper than a search of the whole
+# structure with an ID selector, and exact; above it, the structure with the selector, HNSW's efSearch widened
+# to HNSW_EF_SEARCH / (share kept), up to FILTER_MAX_EF_SEARCH, as its walk passes rows the selector rejects
+# (BENCHMARKS.md "Filtered search").
+FILTER_EXACT_MAX_ROWS = 10_000
+FILTER_MAX_EF_SEARCH = 256
 _NORM_TOLERANCE = 1e-3
 
 
@@ -113,7 +120,7 @@ class GalleryIndex:
                         "scores": [np.zeros(0, np.float32)], "embeddings": [np.zeros((0, self.dim), np.float32)]}
         self._pending = []  # image ids added since the last save
         self._search, self.search_kind = None, None
-        self._place_time = None  # (cameras U [num_images], times float64 [num_images]), built for filters
+        self._place_time = None  # (camera names U [C], camera codes [num_images], times, path -> image ids)
 
     # ------------------------------------------------------------------ rows
     @property
@@ -241,39 +248,59 @@ class GalleryIndex:
         if wanted == 0:
             return [[] for _ in queries]
         structure = self.search_structure(approximate)
-        params = None
-        if not keep.all():
-            # The filters act inside the search (a faiss ID selector over the kept rows), so k rows that pass
-            # come back at once; the bitmap must outlive the search.
-            import faiss
-
-            bitmap = np.packbits(keep, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
-            params = (faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_EF_SEARCH)
-                      if self.search_kind == "hnsw" else faiss.SearchParameters(sel=selector))
+        # The filters act inside the search, so k rows that pass come back at once.
+        run = structure.search if keep.all() else self._filtered_search(structure, keep)
         # One hit per image drops rows after the search: widen k until enough images come (or all rows).
         k = min(self.num_boxes, max(wanted * 4, 32) if one_per_image else wanted)
         while True:
-            sims, ids = structure.search(queries, k, params=params)
+            sims, ids = run(queries, k)
             hits = [self._hits(s, i, keep, one_per_image, wanted) for s, i in zip(sims, ids)]
             if all(len(h) >= wanted for h in hits) or k >= self.num_boxes:
                 return hits
             k = min(self.num_boxes, max(k * 4, 32))
 
+    def _filtered_search(self, structure, keep: np.ndarray):
+        """A search over the rows ``keep`` (bool [N]) selects, as ``(queries [q, D], k) -> (sims [q, k], rows
+        [q, k])`` (rows -1 past the last match): exact over those rows when they are at most
+        FILTER_EXACT_MAX_ROWS, else ``structure`` with a faiss ID selector (HNSW: efSearch widened)."""
+        import faiss
+
+        rows = np.flatnonzero(keep).astype(np.int64)
+        if len(rows) <= FILTER_EXACT_MAX_ROWS:
+            embeddings = np.ascontiguousarray(self.embeddings, np.float32)  # faiss reads the raw buffer
+
+            def exact(queries, k):
+                sims, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+                faiss.knn_inner_products_by_idx(  # every query against the same rows (their stride 0)
+                    faiss.swig_ptr(queries), faiss.swig_ptr(embeddings), faiss.swig_ptr(rows), self.dim,
+                    len(queries), len(embeddings), len(rows), k, faiss.swig_ptr(sims), faiss.swig_ptr(ids), 0)
+                return sims, ids
+            return exact
+        bitmap = np.packbits(keep, bitorder="little")  # must outlive the search: the closure holds it
+        selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+        if isinstance(structure, faiss.IndexHNSW):
+            ef = min(FILTER_MAX_EF_SEARCH, max(HNSW_EF_SEARCH, math.ceil(HNSW_EF_SEARCH * len(keep) / len(rows))))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return lambda queries, k, bitmap=bitmap: structure.search(queries, k, params=params)
+
     def _image_filter(self, exclude_images, cameras, since, until) -> Optional[np.ndarray]:
         """bool [num_images + 1] (the last for padding) of images passing the filters; None when all pass."""
         if not len(exclude_images) and cameras is None and since is None and until is None:
             return None
+        if self._place_time is None:  # built once: per query, string compares over every image cost ~0.5 ms
+            names, codes = np.unique(np.array(self.cameras, dtype=np.str_).reshape(-1), return_inverse=True)
+            by_path = {}
+            for i, (image, _) in enumerate(self.images):
+                by_path.setdefault(image, []).append(i)
+            self._place_time = (names, codes.reshape(-1), np.array(self.times, np.float64).reshape(-1), by_path)
+        names, codes, times, by_path = self._place_time
         ok = np.ones(self.num_images + 1, bool)
-        if len(exclude_images):
-            leave_out = set(exclude_images)
-            ok[:-1] &= ~np.array([image in leave_out for image, _ in self.images], bool).reshape(-1)
-        if self._place_time is None:
-            self._place_time = (np.array(self.cameras, dtype=np.str_).reshape(-1),
-                                np.array(self.times, np.float64).reshape(-1))
-        known_cameras, times = self._place_time
+        for image in exclude_images:
+            ok[by_path.get(image, [])] = False
         if cameras is not None:
-            ok[:-1] &= np.isin(known_cameras, np.array(list(cameras), dtype=np.str_))
+            ok[:-1] &= np.isin(names, np.array(list(cameras), dtype=np.str_))[codes]
         if since is not None or until is not None:
             with np.errstate(invalid="ignore"):
                 ok[:-1] &= np.isfinite(times) & (times >= (-np.inf if since is None else since)) & \

@@ -26,7 +26,10 @@ from .sources import GalleryItem, UnreadableImage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_index", "index_items", "finalize"]
+__all__ = ["open_index", "index_items", "finalize", "few_detections_warning"]
+
+# Above this share of indexed images without a detection, the model likely does not know the imagery.
+EMPTY_IMAGES_WARN = 0.5
 
 def open_index(path: str, cfg, det_thresh: float, gallery_root: str,
                weights_sha256: Optional[str] = None) -> GalleryIndex:
@@ -98,10 +101,11 @@ def index_items(predictor, items: Iterable[GalleryItem], index: GalleryIndex, *,
         predictor: a PersonSearchPredictor (its score threshold at or below ``index.det_thresh``).
         items: GalleryItems; those already indexed, or of another shard, are skipped unread.
     Returns:
-        dict: ``indexed`` (images added), ``detections`` (rows added), ``already`` (images skipped as indexed),
-        ``skipped`` (list of (image, reason) for unreadable images), ``seconds``.
+        dict: ``indexed`` (images added), ``detections`` (rows added), ``empty`` (images added without a
+        detection at or above the threshold), ``already`` (images skipped as indexed), ``skipped`` (list of
+        (image, reason) for unreadable images), ``seconds``.
     """
-    summary = {"indexed": 0, "detections": 0, "already": 0, "skipped": [], "seconds": 0.0}
+    summary = {"indexed": 0, "detections": 0, "empty": 0, "already": 0, "skipped": [], "seconds": 0.0}
     start = time.perf_counter()
     bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
@@ -143,11 +147,23 @@ def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
                           out.reid_embeddings[keep].numpy(), camera=item.camera, time=item.read_time())
                 summary["indexed"] += 1
                 summary["detections"] += int(keep.sum())
+                summary["empty"] += int(not keep.any())
             since_save += len(loaded)
         bar.update(len(batch))
         if since_save >= checkpoint_every:
             index.save(index.path)
             since_save = 0
+
+
+def few_detections_warning(indexed: int, empty: int, det_thresh: float) -> Optional[str]:
+    """The warning to give when more than half of ``indexed`` images had no detection scoring at least
+    ``det_thresh`` (``empty`` of them); None otherwise."""
+    if indexed == 0 or empty <= EMPTY_IMAGES_WARN * indexed:
+        return None
+    return (f"{empty} of {indexed} images gave no detection with a score >= {det_thresh:g}: the model likely "
+            "was trained on other imagery (the demo model knows only the synthetic world, not real footage); "
+            "train it on your own images (a few labelled sequences suffice: docs/USING.md, \"Training on your "
+            "own footage\") or try a lower --det-thresh")
 
 
 def finalize(path: str, index: Optional[GalleryIndex] = None) -> GalleryIndex:

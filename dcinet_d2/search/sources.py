@@ -203,14 +203,16 @@ def read_frame(path: str, frame: int) -> np.ndarray:
 def dataset_items(name: str) -> Tuple[str, Iterator[GalleryItem]]:
     """(gallery root, items) of a registered Detectron2 dataset: its distinct image files, in its order.
 
-    The root is the deepest folder holding every image, so an item's path is relative to it.
+    The root is the deepest folder holding every image, so an item's path is relative to it; an item's camera
+    is its dict's ``camera`` (MOT sequences have one), else unknown.
     """
     from detectron2.data import DatasetCatalog
 
     if name not in DatasetCatalog.list():
         raise KeyError(f"dataset {name!r} is not registered (registered: {', '.join(sorted(DatasetCatalog.list()))})")
-    files = list(dict.fromkeys(os.path.abspath(d["file_name"]) for d in DatasetCatalog.get(name)))
+    cameras = {os.path.abspath(d["file_name"]): d.get("camera") for d in DatasetCatalog.get(name)}
+    files = list(cameras)
     if not files:
         raise ValueError(f"dataset {name!r} has no images")
     root = os.path.commonpath([os.path.dirname(f) for f in files])
-    return root, (GalleryItem(_relative(f, root), -1, lambda f=f: read_image_bgr(f)) for f in files)
+    return root, (GalleryItem(_relative(f, root), -1, lambda f=f: read_image_bgr(f), cameras[f]) for f in files)

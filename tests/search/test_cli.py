@@ -66,6 +66,22 @@ def test_index_skips_and_names_broken_files(built):
     assert "8 images" in info and "score >= 0.3" in info and "flat" in info
 
 
+def test_index_warns_when_most_images_give_no_detection(built, gallery, tiny_model, tmp_path, capsys, caplog):
+    """A threshold no detection of this model reaches (as a model trained on other imagery gives on real
+    footage): one warning, logged and in the summary, naming the cause and what to do; none when most images
+    hold detections."""
+    assert all(len(boxes) for boxes, _ in built["rows"].values())
+    assert "no detection" not in built["stdout"]
+    args = [str(a) for a in _index_args(tiny_model, gallery, tmp_path / "idx")[:-2]]
+    assert main(args + ["0.9999", "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "indexed 8 images, 0 detections" in out
+    expected = "8 of 8 images gave no detection with a score >= 0.9999: the model likely was trained on other imagery"
+    assert f"warning: {expected}" in out and "train it on your own images" in out and "lower --det-thresh" in out
+    assert [r.getMessage()[:len(expected)] for r in caplog.records if r.levelname == "WARNING"
+            and "no detection" in r.getMessage()] == [expected]
+
+
 def test_query_finds_the_detection_it_was_given(built, gallery, tmp_path):
     """Querying an indexed detection's own box ranks that detection first with similarity 1."""
     boxes, _ = built["rows"][("s1.jpg", -1)]

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from dcinet_d2.search import index as index_module
 from dcinet_d2.search.index import GalleryIndex, build_faiss
 
 
@@ -176,13 +177,17 @@ def _with_places_and_times(index):
     return index
 
 
-@pytest.mark.parametrize("approximate", [False, True])
+@pytest.mark.parametrize("approximate,exact_rows", [(False, 0), (False, 10**9), (True, 0), (True, 10**9)])
 @pytest.mark.parametrize("cameras,since,until,one", [
     (["cam1"], None, None, False), (["cam0", "cam2"], None, None, True),
     (None, 1_700_000_000.0 + 60 * 7, None, False), (None, None, 1_700_000_000.0 + 60 * 20, True),
     (["cam2"], 1_700_000_000.0 + 60 * 3, 1_700_000_000.0 + 60 * 25, False), (["nowhere"], None, None, False),
 ])
-def test_camera_and_time_filters_equal_brute_force(approximate, cameras, since, until, one):
+def test_camera_and_time_filters_equal_brute_force(approximate, exact_rows, cameras, since, until, one,
+                                                   monkeypatch):
+    """Both strategies of a filtered query over flat search and HNSW: the structure with an ID selector
+    (FILTER_EXACT_MAX_ROWS 0) and exact search over the kept rows alone (FILTER_EXACT_MAX_ROWS above N)."""
+    monkeypatch.setattr(index_module, "FILTER_EXACT_MAX_ROWS", exact_rows)
     index = _with_places_and_times(_filled(num_images=60))
     times = np.asarray(index.times)
     ok_image = np.array([(cameras is None or c in cameras) for c in index.cameras])
@@ -203,6 +208,34 @@ def test_camera_and_time_filters_equal_brute_force(approximate, cameras, since, 
             i = index.images.index((h.image, -1 if h.frame is None else h.frame))
             assert h.camera == index.cameras[i]
             assert (h.time is None) == (not np.isfinite(index.times[i]))
+
+
+@pytest.mark.parametrize("cameras,exact", [(["cam0"], True), (["cam0", "cam1"], False)])
+def test_filtered_hnsw_query_searches_few_rows_exactly(cameras, exact, monkeypatch):
+    """Over an HNSW graph a filter keeping at most FILTER_EXACT_MAX_ROWS boxes is searched exactly over the
+    kept rows, one keeping more walks the graph with the selector (efSearch widened); both find the
+    brute-force top k of the kept rows on clustered data."""
+    import faiss
+
+    monkeypatch.setattr(index_module, "FILTER_EXACT_MAX_ROWS", 750)
+    rng = np.random.default_rng(0)
+    centres = _unit(rng.normal(size=(300, 32)))
+    data = _unit(np.repeat(centres, 10, axis=0) + 0.08 * rng.normal(size=(3000, 32)))
+    index = GalleryIndex(32, gallery_root="/g")
+    for i in range(300):  # 10 boxes an image; cameras cam0..cam3 round-robin: one camera keeps 750 boxes
+        index.add(f"cam{i % 4}/img{i:03d}.jpg", -1, np.tile([0, 0, 1, 1], (10, 1)) + np.arange(10)[:, None],
+                  np.ones(10), data[10 * i:10 * i + 10], camera=f"cam{i % 4}")
+    exact_calls = []
+    by_idx = faiss.knn_inner_products_by_idx
+    monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: exact_calls.append(1) or by_idx(*a))
+    queries = _unit(centres[:20] + 0.08 * rng.normal(size=(20, 32)))
+    results = index.search(queries, top_k=10, approximate=True, cameras=cameras)
+    assert index.search_kind == "hnsw" and bool(exact_calls) == exact
+    kept = np.isin(np.array(index.cameras)[index.entry_image], cameras)
+    for q, hits in zip(queries, results):
+        sims = np.where(kept, index.embeddings @ q, -np.inf)
+        assert [h.similarity for h in hits] == pytest.approx(np.sort(sims)[::-1][:10].tolist(), abs=1e-5)
+        assert {h.camera for h in hits} <= set(cameras)
 
 
 def test_cameras_and_times_round_trip_and_old_parts_load_as_unknown(tmp_path):
