@@ -131,7 +131,9 @@ def indexing(args):
     cfg = load_config(args.config_file)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.DEVICE = "cpu"
-    predictor = PersonSearchPredictor(cfg)
+    # As dcinet-search index runs it: the model returns (and embeds) the detections the index keeps.
+    det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
+    predictor = PersonSearchPredictor(cfg, det_thresh=None if det_thresh < 0 else det_thresh)
     _, items = dataset_items(args.dataset)
     items = list(items)[:args.images]
     print("| batch size | images/s | images |\n|---|---|---|")
@@ -159,6 +161,9 @@ def main(argv=None):
     i.add_argument("--dataset", default="synth_cuhk_sysu_gallery")
     i.add_argument("--images", type=int, default=120)
     i.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    i.add_argument("--det-thresh", type=float, default=None,
+                   help="the index's detection threshold (default: the config's TEST.PERSON_SEARCH.DET_THRESH); "
+                        "negative: the config's MODEL.ROI_HEADS.SCORE_THRESH_TEST, every detection embedded")
     args = parser.parse_args(argv)
     latency(args) if args.what == "latency" else indexing(args)
     print(f"\nCommand: .venv/bin/python scripts/benchmark_search.py {' '.join(argv or sys.argv[1:])}")
