@@ -49,43 +49,54 @@ def calibrate_bn(model, run, images):
     return model.eval()
 
 
+def sync(device):
+    """Wait for the device's queued work (CUDA runs asynchronously), so that wall times measure it."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run_detectron2(model, img):
     """Detections of one uint8 image [3, H, W] (already at the test size) by a Detectron2 model."""
     return len(model([{"image": img, "height": img.shape[1], "width": img.shape[2]}])[0]["instances"])
 
 
-def load_cfg(path, *opts):
-    cfg = load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+def load_cfg(path, *opts, device="cpu"):
+    cfg = load_config(path, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", *opts])
     if cfg.MODEL.REID.NUM_IDENTITIES == 0:
         cfg.MODEL.REID.NUM_IDENTITIES = 100
     return cfg
 
 
-def time_train_steps(cfg, steps):
+def time_train_steps(cfg, steps, size=None, warmup=2):
+    """Median seconds of a training step (2 random images of ``size``, default the config's training size at
+    4:3) over ``steps`` steps after ``warmup`` steps, and the size."""
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    size = (cfg.INPUT.MIN_SIZE_TRAIN[0], int(cfg.INPUT.MIN_SIZE_TRAIN[0] * 4 / 3))
+    size = size or (cfg.INPUT.MIN_SIZE_TRAIN[0], int(cfg.INPUT.MIN_SIZE_TRAIN[0] * 4 / 3))
     times = []
     with EventStorage():
-        for step in range(steps + 2):
+        for step in range(steps + warmup):
             batch = random_batch(2, size=size, pids=((0, 1, 2, -1), (0, 1, 3)), seed=step)
+            sync(cfg.MODEL.DEVICE)
             start = time.perf_counter()
             loss = sum(model(batch).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if step >= 2:  # the first steps warm up allocators
+            sync(cfg.MODEL.DEVICE)
+            if step >= warmup:  # the first steps warm up allocators
                 times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2], size
 
 
-def build_seqnet(source, proposals=300, detections=100):
+def build_seqnet(source, proposals=300, detections=100, device="cpu", size=(900, 1500)):
     """SeqNet's ResNet-50 (random weights) from its source folder, its test settings forced to keep every
     box: ``proposals`` after the RPN's NMS, the first stage's ``detections`` best boxes (score threshold 0,
-    no NMS) embedded by its re-id res5 and returned without its second NMS. Returns (model, run)."""
+    no NMS) embedded by its re-id res5 and returned without its second NMS; its resizing set to ``size`` (the
+    images' height, width), so that it takes them as they are. Returns (model, run)."""
     sys.path.insert(0, source)
     try:
         import models.seqnet as seqnet
@@ -98,9 +109,9 @@ def build_seqnet(source, proposals=300, detections=100):
     cfg = get_default_cfg()
     cfg.merge_from_list(["MODEL.RPN.POST_NMS_TOPN_TEST", proposals, "MODEL.ROI_HEAD.SCORE_THRESH_TEST", 0.0,
                          "MODEL.ROI_HEAD.NMS_THRESH_TEST", 1.0, "MODEL.ROI_HEAD.DETECTIONS_PER_IMAGE_TEST",
-                         detections])
+                         detections, "INPUT.MIN_SIZE", min(size), "INPUT.MAX_SIZE", max(size)])
     torch.manual_seed(0)
-    model = seqnet.SeqNet(cfg)
+    model = seqnet.SeqNet(cfg).to(device)
     heads = model.roi_heads
     second_stage = heads.postprocess_boxes
 
@@ -111,12 +122,12 @@ def build_seqnet(source, proposals=300, detections=100):
     heads.postprocess_boxes = without_second_nms
 
     def run(model, img):
-        return len(model([img.float() / 255])[0]["boxes"])
+        return len(model([img.to(device).float() / 255])[0]["boxes"])
 
     return model, run
 
 
-def time_round_robin(models, images):
+def time_round_robin(models, images, device="cpu"):
     """Per model, mean seconds per image over ``images[1:]`` (the first warms every model up) and mean
     detections per image; each image runs through every model in turn. ``models``: {label: (model, run)}."""
     times = {label: [] for label in models}
@@ -124,8 +135,10 @@ def time_round_robin(models, images):
     with torch.no_grad():
         for i, img in enumerate(images):
             for label, (model, run) in models.items():
+                sync(device)
                 start = time.perf_counter()
                 n = run(model, img)
+                sync(device)
                 if i > 0 or len(images) == 1:
                     times[label].append(time.perf_counter() - start)
                     counts[label].append(n)
@@ -134,29 +147,35 @@ def time_round_robin(models, images):
 
 
 def r50_models(args, images):
-    """{row label: (model, run)} of the compared models, BN calibrated on the first of ``images``."""
+    """{row label: (model, run)} of the compared models, BN calibrated on the first of ``images``.
+    ``args.opts`` (optional): config overrides for every Detectron2 model; ``args.seqnet_test`` (optional):
+    SeqNet's (proposals, detections)."""
+    extra = tuple(getattr(args, "opts", ()))
     plain = get_cfg()
     plain.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"))
-    plain.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
-                           "INPUT.MIN_SIZE_TEST", "900", "INPUT.MAX_SIZE_TEST", "1500", *KEEP_ALL])
+    plain.merge_from_list(["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+                           "INPUT.MIN_SIZE_TEST", "900", "INPUT.MAX_SIZE_TEST", "1500", *KEEP_ALL, *extra])
     cfgs = {"Faster R-CNN R50-C4 (Detectron2), 1000 proposals": plain}
     for proposals in args.proposals:
         cfgs[f"DC-I-Net R50 (`configs/cuhk_sysu/dcinet_r50.yaml`), {proposals} proposals"] = load_cfg(
-            "configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL, "MODEL.RPN.POST_NMS_TOPK_TEST", str(proposals))
+            "configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL, "MODEL.RPN.POST_NMS_TOPK_TEST", str(proposals),
+            *extra, device=args.device)
     if not args.r50_only:
         cfgs["I-Net R50 (`dcinet_r50.yaml` + `MODEL.ROI_HEADS.NAME INetROIHeads`), 300 proposals"] = load_cfg(
-            "configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL, "MODEL.ROI_HEADS.NAME", "INetROIHeads")
+            "configs/cuhk_sysu/dcinet_r50.yaml", *KEEP_ALL, "MODEL.ROI_HEADS.NAME", "INetROIHeads", *extra,
+            device=args.device)
         cfgs["I-Net VGG16 (`configs/cuhk_sysu/inet_vgg16.yaml`), 300 proposals"] = load_cfg(
-            "configs/cuhk_sysu/inet_vgg16.yaml", *KEEP_ALL)
+            "configs/cuhk_sysu/inet_vgg16.yaml", *KEEP_ALL, *extra, device=args.device)
         cfgs["DC-I-Net VGG16 (`configs/cuhk_sysu/dcinet_vgg16.yaml`), 300 proposals"] = load_cfg(
-            "configs/cuhk_sysu/dcinet_vgg16.yaml", *KEEP_ALL)
+            "configs/cuhk_sysu/dcinet_vgg16.yaml", *KEEP_ALL, *extra, device=args.device)
     models = {}
     for label, cfg in cfgs.items():
         torch.manual_seed(0)
         models[label] = (calibrate_bn(build_model(cfg), run_detectron2, images[:1]), run_detectron2)
         print(f"built {label}", file=sys.stderr, flush=True)
     if args.seqnet:
-        model, run = build_seqnet(args.seqnet)
+        model, run = build_seqnet(args.seqnet, *getattr(args, "seqnet_test", (300, 100)), device=args.device,
+                                  size=tuple(images[0].shape[1:]))
         models["SeqNet R50 (serend1p1ty/SeqNet), 300 proposals"] = (calibrate_bn(model, run, images[:1]), run)
     return models
 
@@ -171,18 +190,20 @@ def main():
     p.add_argument("--skip-r50", action="store_true")
     p.add_argument("--r50-only", action="store_true", help="no I-Net and VGG16 rows")
     p.add_argument("--seqnet", default="", help="SeqNet source folder (github.com/serend1p1ty/SeqNet)")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--proposals", type=int, nargs="+", default=[1000, 300],
                    help="DC-I-Net R50 test proposals (MODEL.RPN.POST_NMS_TOPK_TEST) to time")
     args = p.parse_args()
     rows = []
     if not args.skip_train:
-        median, size = time_train_steps(load_cfg(args.cpu_config), args.steps)
+        median, size = time_train_steps(load_cfg(args.cpu_config, device=args.device), args.steps)
         rows.append(f"| training step, 2 images {size[0]}x{size[1]}, `{args.cpu_config}` | {median:.3f} s "
                     f"(median of {args.steps}) | | |")
     if not args.skip_r50:
         g = torch.Generator().manual_seed(0)
-        images = [(torch.rand(3, *args.size, generator=g) * 255).to(torch.uint8) for _ in range(args.images)]
-        results = time_round_robin(r50_models(args, images), images)
+        images = [(torch.rand(3, *args.size, generator=g) * 255).to(torch.uint8).to(args.device)
+                  for _ in range(args.images)]
+        results = time_round_robin(r50_models(args, images), images, args.device)
         base = [t for label, (t, _) in results.items() if label.startswith("SeqNet")]
         plain = [t for label, (t, _) in results.items() if label.startswith("Faster R-CNN")][0]
         for label, (t, n) in results.items():
