@@ -122,25 +122,42 @@ def latency(args):
         print("| " + " | ".join(row) + " |")
 
 
-def indexing(args):
+def indexing_rates(config_file, weights, dataset="synth_cuhk_sysu_gallery", images=120, batch_sizes=(1, 2, 4, 8),
+                   det_thresh=None, device="cpu", opts=()):
+    """[(batch size, images per second, images)] of a trained model indexing a registered gallery (reading,
+    detection, embedding), as ``dcinet-search index`` runs it."""
+    import torch
+
     import dcinet_d2  # noqa: F401
     from dcinet_d2.cli import load_config
     from dcinet_d2.search import PersonSearchPredictor
     from dcinet_d2.search.sources import dataset_items
 
-    cfg = load_config(args.config_file)
-    cfg.MODEL.WEIGHTS = args.weights
-    cfg.MODEL.DEVICE = "cpu"
-    predictor = PersonSearchPredictor(cfg)
-    _, items = dataset_items(args.dataset)
-    items = list(items)[:args.images]
-    print("| batch size | images/s | images |\n|---|---|---|")
-    for batch in args.batch_sizes:
+    cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device, *opts])
+    # As dcinet-search index runs it: the model returns (and embeds) the detections the index keeps.
+    det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if det_thresh is None else det_thresh
+    predictor = PersonSearchPredictor(cfg, det_thresh=None if det_thresh < 0 else det_thresh)
+    _, items = dataset_items(dataset)
+    items = list(items)[:images]
+    rows = []
+    for batch in batch_sizes:
         predictor.predict_batch([items[0].load()] * batch)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()  # predict_batch returns CPU tensors: the work is done
         t = time.perf_counter()
         for start in range(0, len(items), batch):
             predictor.predict_batch([item.load() for item in items[start:start + batch]])
-        print(f"| {batch} | {len(items) / (time.perf_counter() - t):.2f} | {len(items)} |", flush=True)
+        rows.append((batch, len(items) / (time.perf_counter() - t), len(items)))
+        print(f"| {batch} | {rows[-1][1]:.2f} | {len(items)} |", file=sys.stderr, flush=True)
+    return rows
+
+
+def indexing(args):
+    rows = indexing_rates(args.config_file, args.weights, args.dataset, args.images, args.batch_sizes,
+                          args.det_thresh, args.device, args.opts)
+    print("| batch size | images/s | images |\n|---|---|---|")
+    for batch, rate, n in rows:
+        print(f"| {batch} | {rate:.2f} | {n} |")
 
 
 def main(argv=None):
@@ -159,6 +176,11 @@ def main(argv=None):
     i.add_argument("--dataset", default="synth_cuhk_sysu_gallery")
     i.add_argument("--images", type=int, default=120)
     i.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    i.add_argument("--det-thresh", type=float, default=None,
+                   help="the index's detection threshold (default: the config's TEST.PERSON_SEARCH.DET_THRESH); "
+                        "negative: the config's MODEL.ROI_HEADS.SCORE_THRESH_TEST, every detection embedded")
+    i.add_argument("--device", default="cpu")
+    i.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
     latency(args) if args.what == "latency" else indexing(args)
     print(f"\nCommand: .venv/bin/python scripts/benchmark_search.py {' '.join(argv or sys.argv[1:])}")

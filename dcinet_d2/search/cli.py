@@ -141,10 +141,9 @@ def _index_worker(args):
     shard = (rank, world) if world > 1 else args.shard
     cfg = model_config(args.config_file, args.weights, args.device, args.opts)
     det_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
-    # The model must not drop what the index keeps.
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det_thresh)
     root, items = _items(args)
-    predictor = PersonSearchPredictor(cfg)
+    # The model detects, and embeds, exactly what the index keeps.
+    predictor = PersonSearchPredictor(cfg, det_thresh=det_thresh)
     if rank == 0:
         index = open_index(args.out, cfg, det_thresh, root, predictor.weights_sha256)
     comm.synchronize()

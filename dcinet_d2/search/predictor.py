@@ -8,7 +8,7 @@
 Images follow DefaultPredictor's conventions: uint8 [H, W, 3] in BGR order (as ``cv2.imread`` gives; it is
 flipped when ``cfg.INPUT.FORMAT`` is RGB), resized as at test time. Boxes are XYXY in original pixels.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from ..checkpoint import load_weights
+from ..modeling.inference import optimize_for_inference
 from ..modeling.query import check_boxes
 
 __all__ = ["PersonSearchPredictor", "check_image"]
@@ -38,13 +39,23 @@ def check_image(image, what="image") -> np.ndarray:
 class PersonSearchPredictor(DefaultPredictor):
     """DefaultPredictor of a PersonSearchRCNN model, returning Instances with ``reid_embeddings``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, det_thresh: Optional[float] = None):
+        """``det_thresh``: return (and so embed) exactly the detections scoring ``det_thresh`` or more, the
+        rows a gallery index with that threshold keeps, in place of MODEL.ROI_HEADS.SCORE_THRESH_TEST. The
+        re-id head then runs on those boxes only; the kept boxes and their embeddings are those of the
+        config's lower threshold (a score threshold before NMS drops no box that scores above it)."""
         # DefaultPredictor.__init__ loads weights without checking them; do the same steps, checked.
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
+        if det_thresh is not None:
+            # Detectron2 keeps scores > its threshold, an index scores >= det_thresh (both in float32): the
+            # float32 just below det_thresh makes the first the second.
+            below = np.nextafter(np.float32(det_thresh), np.float32(-np.inf))
+            self.model.roi_heads.box_predictor.test_score_thresh = float(below)
         # sha256 of the weights file as loaded: the model's identity in a gallery index (fingerprint.py).
         self.weights_sha256 = load_weights(self.model, cfg.MODEL.WEIGHTS)
+        optimize_for_inference(self.model)  # same outputs, faster (norms folded, channels-last)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):

@@ -99,3 +99,22 @@ def test_weights_are_checked(tiny_model, tmp_path):
     cfg.MODEL.WEIGHTS = str(tmp_path / "inet.pth")
     with pytest.raises(ValueError, match="another architecture"):
         PersonSearchPredictor(cfg)
+
+
+def test_det_thresh_embeds_only_the_kept_detections_unchanged(predictor):
+    """With the index's threshold passed down, the model returns exactly the detections scoring at or above
+    it (one scoring exactly the threshold included), with the boxes, scores and embeddings of the
+    every-detection run, and its re-id head runs on those boxes only."""
+    image = scene(0)
+    everything = predictor(image)
+    t = float(everything.scores.median())  # a detection's own score: kept (the index keeps scores >= t)
+    expected = everything[everything.scores >= t]
+    assert 0 < len(expected) < len(everything)
+    thresholded = PersonSearchPredictor(predictor.cfg, det_thresh=t)
+    embedded = []
+    thresholded.model.roi_heads.reid_head.register_forward_hook(lambda m, i, o: embedded.append(len(o)))
+    kept = thresholded(image)
+    assert embedded == [len(expected)]
+    torch.testing.assert_close(kept.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=0)
+    torch.testing.assert_close(kept.scores, expected.scores, rtol=0, atol=0)
+    torch.testing.assert_close(kept.reid_embeddings, expected.reid_embeddings, rtol=0, atol=1e-6)
