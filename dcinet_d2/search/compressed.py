@@ -29,9 +29,10 @@ def ivf_lists(num_boxes: int) -> int:
 
 
 def pq_bytes(dim: int) -> int:
-    """PQ code bytes a box: IVFPQ_BYTES, or the largest divisor of ``dim`` below it (each sub-quantizer
-    codes dim / m dimensions)."""
-    return math.gcd(dim, IVFPQ_BYTES)
+    """PQ code bytes a box: the largest divisor of ``dim`` up to IVFPQ_BYTES that leaves each sub-quantizer at
+    least 8 dimensions (faiss trains narrower ones very slowly: 38 s for 16 of 4 dimensions on 20k vectors,
+    against 1.3 s for 8 of 8); 32 at D = 256."""
+    return max(m for m in range(1, IVFPQ_BYTES + 1) if dim % m == 0 and (dim // m >= 8 or m == 1))
 
 
 def build_ivfpq(embeddings: np.ndarray, seed: int = 0):
@@ -44,7 +45,8 @@ def build_ivfpq(embeddings: np.ndarray, seed: int = 0):
     if n < IVFPQ_MIN_BOXES:
         raise ValueError(f"a compressed (IVF-PQ) index needs at least {IVFPQ_MIN_BOXES:,} boxes to train, this "
                          f"index has {n:,}; use --index-type flat or hnsw")
-    ivf = faiss.index_factory(dim, f"IVF{ivf_lists(n)},PQ{pq_bytes(dim)}", faiss.METRIC_INNER_PRODUCT)
+    # "np": no polysemous training (a code reordering for Hamming filtering, unused here, and slow).
+    ivf = faiss.index_factory(dim, f"IVF{ivf_lists(n)},PQ{pq_bytes(dim)}np", faiss.METRIC_INNER_PRODUCT)
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS), replace=False))
     ivf.train(np.ascontiguousarray(embeddings[rows], np.float32))
     for start in range(0, n, ADD_ROWS):

@@ -125,6 +125,7 @@ class GalleryIndex:
         self._pending = []  # image ids added since the last save
         self._search, self.search_kind = None, None
         self.index_type = None  # one of INDEX_TYPES, or None: chosen by size (search_structure)
+        self._search_file = {}  # kind and row digest of the structure in search.faiss under self.path ({}: none)
         self.rerank = compressed.IVFPQ_RERANK  # ivfpq: candidates a hit re-scored exactly (0: off)
         self._place_time = None  # (cameras U [num_images], times float64 [num_images]), built for filters
 
@@ -353,8 +354,7 @@ class GalleryIndex:
     def manifest(self) -> Dict:
         return {"format_version": FORMAT_VERSION, "embedding_dim": self.dim, "num_images": self.num_images,
                 "num_boxes": self.num_boxes, "det_thresh": self.det_thresh, "gallery_root": self.gallery_root,
-                "model": self.model, "index_type": self.index_type, "search": {"kind": self.search_kind,
-                                                "digest": _digest(self.images, self.num_boxes)}}
+                "model": self.model, "index_type": self.index_type, "search": dict(self._search_file)}
 
     def save(self, path: str, compact: bool = False, search_file: bool = False):
         """Write the rows added since the last save as one new part, then the manifest.
@@ -366,6 +366,7 @@ class GalleryIndex:
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):
             compact = True  # a copy elsewhere: everything goes into that folder
+            self._search_file = {}
         old_parts = _part_files(path)
         if compact:
             self._write_part(path, range(self.num_images), "all")
@@ -381,6 +382,8 @@ class GalleryIndex:
             structure = self.search_structure(None)
             with atomic_open(os.path.join(path, "search.faiss"), "wb") as f:
                 f.write(faiss.serialize_index(getattr(structure, "ivf", structure)).tobytes())
+            # The manifest describes the structure in the file (not rows added after it was written).
+            self._search_file = {"kind": self.search_kind, "digest": _digest(self.images, self.num_boxes)}
         write_json(os.path.join(path, "manifest.json"), self.manifest())
         self.path = path
 
@@ -441,6 +444,7 @@ class GalleryIndex:
             self._search = CompressedSearch(structure, self.embeddings, rerank=self.rerank) \
                 if search["kind"] == "ivfpq" else structure
             self.search_kind = search["kind"]
+            self._search_file = {"kind": search["kind"], "digest": search["digest"]}
 
 
 def build_faiss(embeddings: np.ndarray, kind: str):
@@ -522,19 +526,21 @@ def _npz_rows(file, names) -> Dict[str, np.ndarray]:
     with zipfile.ZipFile(file) as archive, open(file, "rb") as f:
         for name in names:
             info = archive.getinfo(name + ".npy")
-            f.seek(info.header_offset)
-            header = f.read(30)  # zip local file header; name and extra-field lengths at bytes 26-29
-            if header[:4] != b"PK\x03\x04":
-                raise ValueError(f"{name}: bad zip local header")
-            f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", header[26:30])))
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            shape, fortran, dtype = read_header(f) if read_header else ((0,), False, None)
-            if info.compress_type != zipfile.ZIP_STORED or read_header is None or 0 in shape or dtype.hasobject:
+            header = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                f.seek(info.header_offset)
+                local = f.read(30)  # zip local file header; name and extra-field lengths at bytes 26-29
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError(f"{name}: bad zip local header")
+                f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])))
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                header = read_header(f) if read_header else None
+            if header is None or 0 in header[0] or header[2].hasobject:
                 with archive.open(info) as member:
                     out[name] = np.lib.format.read_array(member, allow_pickle=False)
             else:
+                shape, fortran, dtype = header
                 out[name] = np.memmap(file, dtype, "r", f.tell(), shape, "F" if fortran else "C")
     return out
 
