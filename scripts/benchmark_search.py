@@ -266,7 +266,8 @@ def _opq_rows(index, queries, exact, nprobes, reranks):
 
     n, dim = index.embeddings.shape
     m = compressed.pq_bytes(dim)
-    structure = faiss.index_factory(dim, f"OPQ{m},IVF{compressed.ivf_lists(n)},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    structure = faiss.index_factory(dim, f"OPQ{m},IVF{compressed.ivf_lists(n)},PQ{m}np",
+                                        faiss.METRIC_INNER_PRODUCT)
     rows = np.sort(np.random.default_rng(0).choice(n, min(n, compressed.TRAIN_ROWS), replace=False))
     t = time.perf_counter()
     structure.train(np.ascontiguousarray(index.embeddings[rows]))
