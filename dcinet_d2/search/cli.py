@@ -2,8 +2,9 @@
 
     dcinet-search index --config-file CFG --weights W (--images DIR | --video FILE [--every N | --fps R] |
                         --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
+                        [--index-type auto|flat|hnsw|ivfpq]
     dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
-                        [--camera NAME ...] [--since ISO] [--until ISO]
+                        [--camera NAME ...] [--since ISO] [--until ISO] [--rerank K]
     dcinet-search info --index INDEX_DIR
     dcinet-search serve --index INDEX_DIR [--host 127.0.0.1] [--port 8000]   (the review page, server.py)
 
@@ -18,6 +19,8 @@ import sys
 import warnings
 
 from ..cli import report_error
+from .compressed import IVFPQ_RERANK
+from .index import INDEX_TYPES
 from .query import UsageError, check_threshold, model_config, parse_box, parse_time
 
 __all__ = ["main"]
@@ -73,6 +76,11 @@ def _parser():
     p.add_argument("--num-gpus", type=int, default=1,
                    help="processes under Detectron2's launch, one shard each (one per GPU; CPU processes "
                         "when there is no GPU)")
+    p.add_argument("--index-type", choices=("auto",) + INDEX_TYPES, default=None,
+                   help="search structure written at the end: flat (exact), hnsw (graph, all embeddings in memory) "
+                        "or ivfpq (compressed codes in memory, embeddings read from disk to re-rank); auto: flat "
+                        "below 100,000 boxes, hnsw below 2,000,000, ivfpq from there (default: the index's "
+                        "earlier choice, auto for a new one)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
@@ -89,7 +97,11 @@ def _parser():
                         "query's own; repeatable")
     exact = q.add_mutually_exclusive_group()
     exact.add_argument("--exact", action="store_true", help="exact search (faiss flat), whatever the index size")
-    exact.add_argument("--approximate", action="store_true", help="approximate search (faiss HNSW)")
+    exact.add_argument("--approximate", action="store_true",
+                       help="approximate search (the index's HNSW or IVF-PQ; HNSW for an index searched exactly)")
+    q.add_argument("--rerank", type=int, default=None,
+                   help="compressed (ivfpq) index: re-score the best K x top-k candidates exactly from the "
+                        f"embeddings on disk (default {IVFPQ_RERANK}; 0: the compressed similarities as they are)")
     q.add_argument("--camera", action="append", default=None,
                    help="only gallery images of this camera (source); repeatable")
     q.add_argument("--since", help="only gallery images taken at or after this ISO 8601 time (UTC unless an "
@@ -161,7 +173,8 @@ def _index_worker(args):
     if rank != 0:
         return None
     # One process holds every row; under launch the other processes wrote parts this one has not read.
-    final = finalize(args.out, index if world == 1 else None) if shard[1] == 1 or world > 1 else None
+    final = finalize(args.out, index if world == 1 else None, args.index_type) \
+        if shard[1] == 1 or world > 1 else None
     _print_index_summary(args, summaries, final, shard if world == 1 else (0, 1), det_thresh)
     return 0
 
@@ -238,9 +251,13 @@ def _cmd_query(args):
     check_threshold(args.det_thresh)
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: expected a positive number of hits")
+    if args.rerank is not None and args.rerank < 0:
+        raise UsageError(f"--rerank {args.rerank}: expected 0 (off) or a positive number of candidates a hit")
     if not os.path.isfile(args.image):
         raise UsageError(f"{args.image}: query image not found")
     index = GalleryIndex.load(args.index)
+    if args.rerank is not None:
+        index.rerank = args.rerank
     if args.det_thresh is not None and args.det_thresh < index.det_thresh - 1e-9:
         logger.warning("--det-thresh %s is below the index's %s: detections under %s were not kept",
                        args.det_thresh, index.det_thresh, index.det_thresh)
@@ -294,7 +311,9 @@ def _cmd_info(args):
           f"(sha256 {str(model.get('weights_sha256'))[:16]}..)\n"
           f"  search: {index.search_kind or 'not built yet'}"
           + (" (exact, faiss flat)" if index.search_kind == "flat" else
-             " (approximate, faiss HNSW)" if index.search_kind == "hnsw" else ""))
+             " (approximate, faiss HNSW)" if index.search_kind == "hnsw" else
+             " (approximate, compressed: faiss IVF-PQ in memory, embeddings on disk)" if index.search_kind == "ivfpq"
+             else ""))
     return 0
 
 

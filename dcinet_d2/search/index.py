@@ -13,6 +13,10 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            ``embeddings`` (float32 [N, D], L2-normalised)
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
 
+Loading reads the per-image lists; the row arrays (boxes, scores, embeddings) of the parts are memory-mapped
+(np.savez stores them uncompressed), so a compacted index of millions of boxes with a compressed (IVF-PQ)
+structure searches without reading its embeddings (compressed.py).
+
 A part lands whole or not at all (temporary file, then rename), so a build killed at any moment keeps every
 finished part, and the next build skips their images. An image found in two parts (a kill between a
 compaction's write and its deletes, or two shards given the same image) is kept once.
@@ -25,16 +29,21 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import uuid
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..fileio import atomic_open, write_json
+from . import compressed
+from .compressed import CompressedSearch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "Hit", "GalleryIndex", "image_label", "read_manifest", "iso_time"]
+__all__ = ["FORMAT_VERSION", "APPROX_MIN_BOXES", "INDEX_TYPES", "Hit", "GalleryIndex", "image_label", "read_manifest",
+           "iso_time"]
 
 FORMAT_VERSION = 1
 # At and above this many boxes the index searches an HNSW graph instead of exact flat search: flat search
@@ -51,6 +60,8 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 FILTER_EXACT_MAX_ROWS = 10_000
 FILTER_MAX_EF_SEARCH = 256
 _NORM_TOLERANCE = 1e-3
+# Search structures: exact, graph (all embeddings in memory), compressed (codes in memory, embeddings on disk).
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
 def image_label(image: str, frame: Optional[int]) -> str:
@@ -120,6 +131,9 @@ class GalleryIndex:
                         "scores": [np.zeros(0, np.float32)], "embeddings": [np.zeros((0, self.dim), np.float32)]}
         self._pending = []  # image ids added since the last save
         self._search, self.search_kind = None, None
+        self.index_type = None  # one of INDEX_TYPES, or None: chosen by size (search_structure)
+        self._search_file = {}  # kind and row digest of the structure in search.faiss under self.path ({}: none)
+        self.rerank = compressed.IVFPQ_RERANK  # ivfpq: candidates a hit re-scored exactly (0: off)
         self._place_time = None  # (camera names U [C], camera codes [num_images], times, path -> image ids)
 
     # ------------------------------------------------------------------ rows
@@ -173,6 +187,28 @@ class GalleryIndex:
             self._chunks[name].append(value)
         self._search = None
 
+    @classmethod
+    def from_rows(cls, dim: int, images: Sequence[Tuple[str, int]], entry_image, boxes, scores, embeddings,
+                  cameras: Optional[Sequence[str]] = None, times: Optional[Sequence[float]] = None,
+                  **kwargs) -> "GalleryIndex":
+        """An index of many images at once, its row arrays kept as given (memory-mapped ones stay on disk).
+
+        Args:
+            images: (image, frame) keys in canonical order (sorted, each once).
+            entry_image: int [N] row -> position in ``images``, non-decreasing; boxes [N, 4], scores [N],
+                embeddings [N, D] float32 L2-normalised (not checked: rows come from a saved index or a
+                benchmark).
+            cameras, times: per image (default unknown); kwargs: as the constructor.
+        """
+        index = cls(dim, **kwargs)
+        index.images = [(str(image), int(frame)) for image, frame in images]
+        index._image_ids = {key: i for i, key in enumerate(index.images)}
+        index.cameras = [str(c) for c in cameras] if cameras is not None else [""] * len(index.images)
+        index.times = [float(t) for t in times] if times is not None else [math.nan] * len(index.images)
+        index._chunks = {"entry_image": [entry_image], "boxes": [boxes], "scores": [scores],
+                         "embeddings": [embeddings]}
+        return index
+
     def _rows(self, name):
         chunks = self._chunks[name]
         if len(chunks) > 1:
@@ -207,13 +243,25 @@ class GalleryIndex:
         return self
 
     # ------------------------------------------------------------------ search
+    def default_index_type(self) -> str:
+        """``index_type`` when set, otherwise by size: flat below APPROX_MIN_BOXES rows, HNSW below
+        compressed.COMPRESSED_MIN_BOXES, IVF-PQ from there."""
+        if self.index_type is not None:
+            return self.index_type
+        n = self.num_boxes
+        return "ivfpq" if n >= compressed.COMPRESSED_MIN_BOXES else "hnsw" if n >= APPROX_MIN_BOXES else "flat"
+
     def search_structure(self, approximate: Optional[bool] = None):
-        """The faiss structure searched (built on first use): HNSW when ``approximate`` (None: at and above
-        APPROX_MIN_BOXES rows), exact flat search otherwise."""
-        want = ("hnsw" if (self.num_boxes >= APPROX_MIN_BOXES if approximate is None else approximate)
-                and self.num_boxes > 0 else "flat")
+        """The faiss structure searched (built on first use): the default index type when ``approximate`` is
+        None, exact flat search when False, the default's approximate kind (HNSW for a flat one) when True."""
+        default = self.default_index_type()
+        want = default if approximate is None else ("flat" if not approximate else
+                                                    "hnsw" if default == "flat" else default)
+        want = want if self.num_boxes > 0 else "flat"
         if self._search is None or self.search_kind != want:
             self._search, self.search_kind = build_faiss(self.embeddings, want), want
+        if isinstance(self._search, CompressedSearch):
+            self._search.rerank = self.rerank
         return self._search
 
     def search(self, queries, top_k: int = 10, det_thresh: Optional[float] = None, one_per_image: bool = False,
@@ -240,16 +288,21 @@ class GalleryIndex:
             raise ValueError(f"top-k {top_k}: expected a positive number of hits")
         if not np.isfinite(queries).all():
             raise ValueError("query embeddings hold NaN or infinite values")
-        keep = np.ones(self.num_boxes, bool) if det_thresh is None else self.scores >= det_thresh
+        # keep: bool [N] of rows passing the filters; None when there are none (at 10M boxes making and
+        # counting an all-true mask costs 8 ms a query).
+        keep = None if det_thresh is None else self.scores >= det_thresh
         images = self._image_filter(exclude_images, cameras, since, until)
         if images is not None:
-            keep &= images[self.entry_image]
-        wanted = min(top_k, int(keep.sum()) if not one_per_image else len(np.unique(self.entry_image[keep])))
+            keep = images[self.entry_image] if keep is None else keep & images[self.entry_image]
+        if one_per_image:
+            wanted = min(top_k, len(np.unique(self.entry_image if keep is None else self.entry_image[keep])))
+        else:
+            wanted = min(top_k, self.num_boxes if keep is None else int(np.count_nonzero(keep)))
         if wanted == 0:
             return [[] for _ in queries]
         structure = self.search_structure(approximate)
         # The filters act inside the search, so k rows that pass come back at once.
-        run = structure.search if keep.all() else self._filtered_search(structure, keep)
+        run = structure.search if keep is None or keep.all() else self._filtered_search(structure, keep)
         # One hit per image drops rows after the search: widen k until enough images come (or all rows).
         k = min(self.num_boxes, max(wanted * 4, 32) if one_per_image else wanted)
         while True:
@@ -310,7 +363,7 @@ class GalleryIndex:
     def _hits(self, sims, ids, keep, one_per_image, wanted) -> List[Hit]:
         hits, seen = [], set()
         for sim, row in zip(sims, ids):
-            if row < 0 or not keep[row]:
+            if row < 0 or (keep is not None and not keep[row]):
                 continue
             img = int(self.entry_image[row])
             if one_per_image and img in seen:
@@ -328,8 +381,7 @@ class GalleryIndex:
     def manifest(self) -> Dict:
         return {"format_version": FORMAT_VERSION, "embedding_dim": self.dim, "num_images": self.num_images,
                 "num_boxes": self.num_boxes, "det_thresh": self.det_thresh, "gallery_root": self.gallery_root,
-                "model": self.model, "search": {"kind": self.search_kind,
-                                                "digest": _digest(self.images, self.num_boxes)}}
+                "model": self.model, "index_type": self.index_type, "search": dict(self._search_file)}
 
     def save(self, path: str, compact: bool = False, search_file: bool = False):
         """Write the rows added since the last save as one new part, then the manifest.
@@ -341,6 +393,7 @@ class GalleryIndex:
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):
             compact = True  # a copy elsewhere: everything goes into that folder
+            self._search_file = {}
         old_parts = _part_files(path)
         if compact:
             self._write_part(path, range(self.num_images), "all")
@@ -355,13 +408,17 @@ class GalleryIndex:
 
             structure = self.search_structure(None)
             with atomic_open(os.path.join(path, "search.faiss"), "wb") as f:
-                f.write(faiss.serialize_index(structure).tobytes())
+                f.write(faiss.serialize_index(getattr(structure, "ivf", structure)).tobytes())
+            # The manifest describes the structure in the file (not rows added after it was written).
+            self._search_file = {"kind": self.search_kind, "digest": _digest(self.images, self.num_boxes)}
         write_json(os.path.join(path, "manifest.json"), self.manifest())
         self.path = path
 
     def _write_part(self, path, image_ids, tag):
         image_ids = np.asarray(list(image_ids), np.int64)
         rows = np.flatnonzero(np.isin(self.entry_image, image_ids))
+        # Every row: the arrays as they are (a memmap is streamed to the file, never read whole).
+        take = (lambda a: a) if len(rows) == self.num_boxes else (lambda a: a[rows])
         remap = np.full(max(self.num_images, 1), -1, np.int64)
         remap[image_ids] = np.arange(len(image_ids))
         name = os.path.join(path, "parts", f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz")
@@ -370,23 +427,31 @@ class GalleryIndex:
                      frames=np.array([self.images[i][1] for i in image_ids], np.int64),
                      cameras=np.array([self.cameras[i] for i in image_ids], dtype=np.str_),
                      times=np.array([self.times[i] for i in image_ids], np.float64),
-                     entry_image=remap[self.entry_image[rows]], boxes=self.boxes[rows], scores=self.scores[rows],
-                     embeddings=self.embeddings[rows])
+                     entry_image=remap[take(self.entry_image)], boxes=take(self.boxes),
+                     scores=take(self.scores), embeddings=take(self.embeddings))
 
     @classmethod
     def load(cls, path: str) -> "GalleryIndex":
         """Read an index folder. FileNotFoundError / ValueError (naming the file) when it is missing or
-        corrupt. Rows are put in canonical order (by image path, frame, then detection order)."""
+        corrupt. Rows are put in canonical order (by image path, frame, then detection order). The row arrays
+        of one compacted part (after a build) stay memory-mapped; several parts are joined in memory."""
         manifest = read_manifest(path)
-        index = cls(manifest["embedding_dim"], manifest["det_thresh"], manifest["gallery_root"], manifest["model"])
-        parts = [_read_part(p, index.dim) for p in _part_files(path)]
-        keys = sorted({k for part in parts for k in part["keys"]})
-        for key in keys:  # first part holding an image wins; parts hold the same rows for it anyway
-            part = next(p for p in parts if key in p["where"])
-            at = part["where"][key]
-            rows = part["rows"][at]
-            index._append(key, part["boxes"][rows], part["scores"][rows], part["embeddings"][rows],
-                          part["cameras"][at], part["times"][at])
+        kwargs = {"det_thresh": manifest["det_thresh"], "gallery_root": manifest["gallery_root"],
+                  "model": manifest["model"]}
+        parts = [_read_part(p, manifest["embedding_dim"]) for p in _part_files(path)]
+        if len(parts) == 1 and _canonical(parts[0]):
+            part = parts[0]
+            index = cls.from_rows(manifest["embedding_dim"], part["keys"], part["entry_image"], part["boxes"],
+                                  part["scores"], part["embeddings"], part["cameras"], part["times"], **kwargs)
+        else:
+            index = cls(manifest["embedding_dim"], **kwargs)
+            where = [_rows_by_image(part) for part in parts]
+            for key in sorted({k for part in parts for k in part["keys"]}):
+                # First part holding an image wins; parts hold the same rows for it anyway.
+                part, (at, rows) = next((p, w[key]) for p, w in zip(parts, where) if key in w)
+                index._append(key, part["boxes"][rows], part["scores"][rows], part["embeddings"][rows],
+                              part["cameras"][at], part["times"][at])
+        index.index_type = manifest.get("index_type")
         index.path = path
         index._load_search_file(path, manifest)
         return index
@@ -399,18 +464,25 @@ class GalleryIndex:
             import faiss
 
             try:
-                self._search = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
-                self.search_kind = search["kind"]
+                structure = faiss.read_index(file)
             except RuntimeError:
                 logger.warning("%s: unreadable faiss file; the search structure is rebuilt", file)
+                return
+            self._search = CompressedSearch(structure, self.embeddings, rerank=self.rerank) \
+                if search["kind"] == "ivfpq" else structure
+            self.search_kind = search["kind"]
+            self._search_file = {"kind": search["kind"], "digest": search["digest"]}
 
 
 def build_faiss(embeddings: np.ndarray, kind: str):
-    """A faiss inner-product structure over ``embeddings`` [N, D]: "flat" (exact) or "hnsw" (HNSW graph,
-    HNSW_M links per node, searched with efSearch = HNSW_EF_SEARCH)."""
+    """A faiss inner-product structure over ``embeddings`` [N, D]: "flat" (exact), "hnsw" (HNSW graph,
+    HNSW_M links per node, searched with efSearch = HNSW_EF_SEARCH) or "ivfpq" (compressed.CompressedSearch:
+    IVF-PQ codes, re-ranked from ``embeddings``, which it keeps and reads in chunks)."""
     import faiss
 
     dim = embeddings.shape[1]
+    if kind == "ivfpq":
+        return CompressedSearch(compressed.build_ivfpq(embeddings), embeddings)
     if kind == "flat":
         structure = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
@@ -418,7 +490,7 @@ def build_faiss(embeddings: np.ndarray, kind: str):
         structure.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         structure.hnsw.efSearch = HNSW_EF_SEARCH
     else:
-        raise ValueError(f"search structure {kind!r}: expected 'flat' or 'hnsw'")
+        raise ValueError(f"search structure {kind!r}: expected one of {', '.join(INDEX_TYPES)}")
     structure.add(np.ascontiguousarray(embeddings))
     return structure
 
@@ -445,16 +517,23 @@ def read_manifest(path: str) -> Dict:
     for key, kind in (("embedding_dim", int), ("det_thresh", (int, float)), ("gallery_root", str)):
         if not isinstance(manifest.get(key), kind):
             raise ValueError(f"{file}: missing or invalid {key!r}")
+    if manifest.get("index_type") not in (None,) + INDEX_TYPES:
+        raise ValueError(f"{file}: index_type {manifest['index_type']!r}, expected one of {', '.join(INDEX_TYPES)}")
     return manifest
 
 
+_ROW_ARRAYS = ("entry_image", "boxes", "scores", "embeddings")
+
+
 def _read_part(file, dim):
+    """One part: its per-image arrays read, its row arrays memory-mapped (_npz_rows), its image ``keys``."""
     try:
         with np.load(file, allow_pickle=False) as z:
-            part = {k: z[k] for k in ("images", "frames", "entry_image", "boxes", "scores", "embeddings")}
+            part = {k: z[k] for k in ("images", "frames")}
             # Parts written before cameras and times were recorded: unknown.
             part["cameras"] = z["cameras"] if "cameras" in z.files else np.full(len(part["images"]), "")
             part["times"] = z["times"] if "times" in z.files else np.full(len(part["images"]), np.nan)
+        part.update(_npz_rows(file, _ROW_ARRAYS))
     except Exception as e:  # noqa: BLE001 - numpy / zipfile raise many types for a damaged file
         raise ValueError(f"{file}: corrupt index part ({type(e).__name__}: {e}); delete it and index again "
                          "to recompute its images") from None
@@ -464,8 +543,45 @@ def _read_part(file, dim):
         raise ValueError(f"{file}: index part does not match the manifest (embedding dimension {dim}); delete it "
                          "and index again")
     part["keys"] = [(str(i), int(f)) for i, f in zip(part["images"], part["frames"])]
-    part["where"] = {k: i for i, k in enumerate(part["keys"])}
+    return part
+
+
+def _npz_rows(file, names) -> Dict[str, np.ndarray]:
+    """Arrays of an .npz file as read-only memmaps: np.savez stores each uncompressed, after a zip local
+    header and a .npy header. An array stored compressed, empty or in another .npy version is read whole."""
+    out = {}
+    with zipfile.ZipFile(file) as archive, open(file, "rb") as f:
+        for name in names:
+            info = archive.getinfo(name + ".npy")
+            header = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                f.seek(info.header_offset)
+                local = f.read(30)  # zip local file header; name and extra-field lengths at bytes 26-29
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError(f"{name}: bad zip local header")
+                f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])))
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                header = read_header(f) if read_header else None
+            if header is None or 0 in header[0] or header[2].hasobject:
+                with archive.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+            else:
+                shape, fortran, dtype = header
+                out[name] = np.memmap(file, dtype, "r", f.tell(), shape, "F" if fortran else "C")
+    return out
+
+
+def _canonical(part) -> bool:
+    """Whether a part's images are in canonical order, each once, and its rows grouped by image in that order
+    (as a compacted part is): its arrays are then the index's rows as they are."""
+    keys, entry = part["keys"], part["entry_image"]
+    return all(a < b for a, b in zip(keys, keys[1:])) and (
+        len(entry) == 0 or (entry[0] >= 0 and entry[-1] < len(keys) and bool(np.all(entry[1:] >= entry[:-1]))))
+
+
+def _rows_by_image(part) -> Dict[Tuple[str, int], Tuple[int, np.ndarray]]:
+    """key -> (the image's position in the part, its rows in detection order)."""
     order = np.argsort(part["entry_image"], kind="stable")
     bounds = np.searchsorted(part["entry_image"][order], np.arange(len(part["keys"]) + 1))
-    part["rows"] = [order[bounds[i]:bounds[i + 1]] for i in range(len(part["keys"]))]
-    return part
+    return {key: (i, order[bounds[i]:bounds[i + 1]]) for i, key in enumerate(part["keys"])}

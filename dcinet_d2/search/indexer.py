@@ -166,12 +166,15 @@ def few_detections_warning(indexed: int, empty: int, det_thresh: float) -> Optio
             "own footage\") or try a lower --det-thresh")
 
 
-def finalize(path: str, index: Optional[GalleryIndex] = None) -> GalleryIndex:
+def finalize(path: str, index: Optional[GalleryIndex] = None, index_type: Optional[str] = None) -> GalleryIndex:
     """Merge the parts of an index folder into one, and write its faiss structure (after every shard ends).
 
     ``index``: the index as this process holds it, when it holds every row (one process, no shards);
-    otherwise the folder is read (other processes wrote parts of it).
+    otherwise the folder is read (other processes wrote parts of it). ``index_type``: "flat", "hnsw", "ivfpq",
+    "auto" (by size) or None (the index's earlier choice), kept in its manifest for later loads.
     """
     index = GalleryIndex.load(path) if index is None else index.sort()
+    if index_type is not None:
+        index.index_type = None if index_type == "auto" else index_type
     index.save(path, compact=True, search_file=True)
     return index

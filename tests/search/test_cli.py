@@ -269,3 +269,20 @@ def test_index_refuses_video_options_without_a_video(tiny_model, gallery, tmp_pa
     assert main(args + ["--video-start", "2026-01-02T10:00:00"]) == 2
     assert "--video-start apply to --video only" in capsys.readouterr().err
     assert not (tmp_path / "idx").exists()
+
+
+def test_index_type_flag_is_kept_in_the_index_and_reported(built, gallery, tiny_model, tmp_path, capsys):
+    from dcinet_d2.search.indexer import finalize
+
+    out = tmp_path / "idx"
+    shutil.copytree(built["out"], out)
+    res = _cli(*_index_args(tiny_model, gallery, out, "--index-type", "hnsw"))
+    assert "already in the index: 8" in res.stdout and "hnsw search" in res.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["index_type"] == "hnsw" and manifest["search"]["kind"] == "hnsw"
+    finalize(str(out))  # a later build without the flag keeps the choice
+    assert json.loads((out / "manifest.json").read_text())["index_type"] == "hnsw"
+    assert main(["info", "--index", str(out)]) == 0
+    assert "search: hnsw (approximate, faiss HNSW)" in capsys.readouterr().out
+    assert main([str(a) for a in _index_args(tiny_model, gallery, out, "--index-type", "ivfpq")]) == 2
+    assert "needs at least 10,000 boxes" in capsys.readouterr().err.strip().splitlines()[-1]
