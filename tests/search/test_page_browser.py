@@ -77,10 +77,13 @@ def _serve(index_dir, root):
 
 
 def _wait(driver, condition, what):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d))
+        # The page re-renders its lists as answers arrive: an element found a moment ago may be gone; look again.
+        return WebDriverWait(driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: condition(d))
     except Exception as e:  # noqa: BLE001 - say what the page did not show, and its status line
         status = [e.text for e in driver.find_elements("id", "status")]
         raise AssertionError(f"the page did not show {what} (status line: {status!r})") from e
