@@ -370,7 +370,7 @@ class GalleryIndex:
         if num_rows <= filtered.FILTER_EXACT_MAX_ROWS:
             return filtered.exact_search(self.embeddings, np.flatnonzero(keep))
         if isinstance(structure, faiss.IndexHNSW):
-            run = self.camera_graphs().plan(keep, HNSW_EF_SEARCH)
+            run = self.camera_graphs().plan(keep)
             if run is not None:
                 return run
         return filtered.selector_search(structure, keep, HNSW_EF_SEARCH)
