@@ -58,6 +58,7 @@ def filters(index, cameras):
             (f"2 cameras of {cameras}", some(2)),
             (f"1 camera of {cameras}", some(1)),
             ("time: 50%", span(0.5)),
+            ("time: 25%", span(0.25)),
             ("time: 10%", span(0.1)),
             ("time: 1%", span(0.01)),
             ("time: 0.1%", span(0.001)),
@@ -123,11 +124,11 @@ def main(argv=None):
     parser.add_argument("--layout", choices=("round-robin", "contiguous"), default="round-robin")
     parser.add_argument("--repeats", type=int, default=300, help="single queries timed per filter")
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--max-ef", type=int, nargs="*", default=[128, 256, 512],
+    parser.add_argument("--max-ef", type=int, nargs="*", default=[128, 256],
                         help="also time every filter with the selector forced, efSearch widened up to each of these")
-    parser.add_argument("--camera-ef", type=int, nargs="*", default=[64, 128, 192],
+    parser.add_argument("--camera-ef", type=int, nargs="*", default=[64, 96, 128],
                         help="also time every filter with the camera graphs forced, at each of these efSearch")
-    parser.add_argument("--ef-exponents", type=float, nargs="*", default=[1.0, 0.5],
+    parser.add_argument("--ef-exponents", type=float, nargs="*", default=[1.0, 0.75, 0.5],
                         help="... and efSearch = 64 / share kept ** each of these")
     args = parser.parse_args(argv)
     import faiss

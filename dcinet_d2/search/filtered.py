@@ -114,8 +114,9 @@ class CameraGraphs:
 
     def __init__(self, embeddings, row_cameras, names, build):
         self.embeddings, self.names, self._build = embeddings, [str(n) for n in names], build
-        order = np.argsort(row_cameras, kind="stable")
-        bounds = np.searchsorted(row_cameras[order], np.arange(len(self.names) + 1))
+        self.row_cameras = np.asarray(row_cameras, np.int64)
+        order = np.argsort(self.row_cameras, kind="stable")
+        bounds = np.searchsorted(self.row_cameras[order], np.arange(len(self.names) + 1))
         # rows[c]: int64 rows of camera c, ascending (a graph's ids are positions in it).
         self.rows = [order[bounds[c]:bounds[c + 1]].astype(np.int64) for c in range(len(self.names))]
         self.graphs: Dict[int, object] = {}
@@ -145,7 +146,7 @@ class CameraGraphs:
         """A search over the rows ``keep`` (bool [N]) through the graphs of the cameras holding them, or None
         when those cameras hold more than CAMERA_GRAPHS_MAX_SHARE of the rows or none of them has a graph.
         Cameras without a graph, or keeping at most CAMERA_EXACT_MAX_ROWS rows, are searched exactly together."""
-        kept = [int(np.count_nonzero(keep[rows])) for rows in self.rows]
+        kept = np.bincount(self.row_cameras[keep], minlength=len(self.names))
         touched = [c for c, n in enumerate(kept) if n]
         if sum(len(self.rows[c]) for c in touched) > CAMERA_GRAPHS_MAX_SHARE * len(keep):
             return None
