@@ -14,9 +14,9 @@ single-query p50 / p95 through ``GalleryIndex.search`` (top 10, ``Hit`` objects 
 and search reused, as for a reviewer's many queries with one filter), the ratio to the unfiltered p50,
 recall@10 against exact search over the selected rows, the p50 of a filter's first query (nothing reused)
 and of the row mask alone; then the same with each strategy of the filtered search forced (exact over the
-kept rows; the camera graphs; the structure with the ID selector, efSearch = 64 / share ** exponent up to
-each --max-ef), to show where the cost goes and where the rule (the constants of
-dcinet_d2/search/filtered.py) comes from.
+kept rows; the camera graphs at each --camera-ef, every camera holding kept rows walked; the structure with
+the ID selector, efSearch = 64 / share ** each --ef-exponents up to each --max-ef), to show where the cost
+goes and where the rule (the constants of dcinet_d2/search/filtered.py) comes from.
 Prints Markdown tables for BENCHMARKS.md.
 """
 import argparse
@@ -146,17 +146,16 @@ def main(argv=None):
     index.search(queries[0], top_k=10)  # builds the search structure
     structure_s, structure_bytes = time.perf_counter() - t, faiss.serialize_index(index.search_structure()).nbytes
     graphs_s, graphs_bytes, graphs_boxes = build_camera_graphs(index)
-    knobs = ("FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_EXPONENT", "CAMERA_GRAPHS_MAX_SHARE",
-             "CAMERA_EXACT_MAX_ROWS", "CAMERA_EF_SEARCH")
+    knobs = ("FILTER_STRATEGY", "FILTER_MAX_EF_SEARCH", "FILTER_EF_EXPONENT", "GRAPH_ROWS_PER_EF",
+             "CAMERA_EF_SEARCH")
     chosen = {key: getattr(filtered, key) for key in knobs}
     strategies = [("the index's choice", chosen),
-                  ("exact over the kept rows", dict(chosen, FILTER_EXACT_MAX_ROWS=10**12))]
-    strategies += [(f"camera graphs, ef {ef}", dict(chosen, FILTER_EXACT_MAX_ROWS=0, CAMERA_GRAPHS_MAX_SHARE=1.0,
-                                                    CAMERA_EXACT_MAX_ROWS=0, CAMERA_EF_SEARCH=ef))
-                   for ef in args.camera_ef]
+                  ("exact over the kept rows", dict(chosen, FILTER_STRATEGY="exact"))]
+    strategies += [(f"camera graphs, ef {ef}", dict(chosen, FILTER_STRATEGY="cameras", GRAPH_ROWS_PER_EF=0,
+                                                    CAMERA_EF_SEARCH=ef)) for ef in args.camera_ef]
     strategies += [(f"selector, ef 64 / share^{e:g} up to {ef}",
-                    dict(chosen, FILTER_EXACT_MAX_ROWS=0, CAMERA_GRAPHS_MAX_SHARE=0.0, FILTER_MAX_EF_SEARCH=ef,
-                         FILTER_EF_EXPONENT=e)) for e in args.ef_exponents for ef in args.max_ef]
+                    dict(chosen, FILTER_STRATEGY="selector", FILTER_MAX_EF_SEARCH=ef, FILTER_EF_EXPONENT=e))
+                   for e in args.ef_exponents for ef in args.max_ef]
     table = {}
     for title, values in strategies:
         for key, value in values.items():
@@ -171,12 +170,10 @@ def main(argv=None):
           f"D = {args.dim}, search: {index.search_kind} (built in {structure_s:.1f} s, {structure_bytes / 2**20:.0f} "
           f"MiB), threads: {faiss.omp_get_max_threads()}; camera graphs: {graphs_boxes:,} boxes, built in "
           f"{graphs_s:.1f} s, {graphs_bytes / 2**20:.0f} MiB ({graphs_bytes / index.num_boxes:.0f} bytes a box of "
-          f"the index). The rule: exact over the kept rows up to {chosen['FILTER_EXACT_MAX_ROWS']:,} of them; "
-          f"camera graphs (efSearch {chosen['CAMERA_EF_SEARCH']}) when the cameras holding kept rows hold at most "
-          f"{chosen['CAMERA_GRAPHS_MAX_SHARE']:.0%} of the boxes (a camera keeping at most "
-          f"{chosen['CAMERA_EXACT_MAX_ROWS']:,} searched exactly); else "
-          f"HNSW with the selector, efSearch {HNSW_EF_SEARCH} / share kept ^ {chosen['FILTER_EF_EXPONENT']:g}, at "
-          f"most {chosen['FILTER_MAX_EF_SEARCH']}\n")
+          f"the index). The rule: the cheapest by cost in rows of an exact scan (exact: the rows kept; a graph walk: "
+          f"{chosen['GRAPH_ROWS_PER_EF']} a unit of efSearch): exact, camera graphs (efSearch "
+          f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {HNSW_EF_SEARCH} / share kept ^ "
+          f"{chosen['FILTER_EF_EXPONENT']:g}, at most {chosen['FILTER_MAX_EF_SEARCH']})\n")
     base = table[strategies[0][0], "none"][1]
     print("| filter | boxes kept | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | recall@10 vs exact "
           "| a filter's first query, p50 (ms) | of which the row mask (ms) |\n|---|---|---|---|---|---|---|---|")

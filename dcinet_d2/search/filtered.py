@@ -1,16 +1,19 @@
 """Filtered search: the rows a query's filters keep (cameras, a time span, excluded images, a score threshold)
 searched inside faiss, never over-fetched and dropped.
 
-Three ways, the cheapest for the rows kept (BENCHMARKS.md "Filtered search", where the numbers behind each
-constant are):
+Three ways (:func:`filtered_search` picks one; BENCHMARKS.md "Filtered search" has the numbers behind each
+constant):
 
-- exact over the kept rows alone (``faiss.knn_inner_products_by_idx``), when they are few: cost in proportion
-  to the rows kept;
-- per-camera HNSW graphs (:class:`CameraGraphs`), when the kept rows lie in few cameras of an HNSW index:
+- exact over the kept rows alone (``faiss.knn_inner_products_by_idx``): cost in proportion to the rows kept;
+- per-camera HNSW graphs (:class:`CameraGraphs`), when the kept rows lie in a few cameras of an HNSW index:
   each selected camera's own graph is searched (with an ID selector over its rows when other filters narrow
   it further) and the per-camera top k merged by similarity;
 - the index's own structure with an ID selector, HNSW's efSearch widened as the share kept falls (its walk
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
+
+Over HNSW the cheapest is taken by a cost model in one unit, rows of an exact scan: exact costs the rows
+kept, a graph search GRAPH_ROWS_PER_EF rows per unit of its efSearch. Over flat or compressed structures:
+exact up to FILTER_EXACT_MAX_ROWS kept rows, else the selector.
 
 Every search here is ``(queries [q, D] float32, k) -> (similarities float32 [q, k], rows int64 [q, k])``,
 best first, row -1 (similarity -inf) past the last match.
@@ -18,7 +21,7 @@ best first, row -1 (similarity -inf) past the last match.
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -26,27 +29,54 @@ from ..fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_EXPONENT", "CAMERA_GRAPHS_MAX_SHARE",
-           "CAMERA_EXACT_MAX_ROWS", "CAMERA_EF_SEARCH", "CameraGraphs", "exact_search", "selector_search",
-           "widened_ef", "merge"]
+__all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_EXPONENT", "GRAPH_ROWS_PER_EF",
+           "CAMERA_EF_SEARCH", "FILTER_STRATEGY", "CameraGraphs", "filtered_search", "exact_search",
+           "selector_search", "widened_ef", "merge"]
 
 Search = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
-# At most this many kept rows: exact search over them (1.1 ms at 10,000 rows, D = 256, about an HNSW query).
+# Flat and compressed structures: exact over the kept rows up to this many, else the structure with a selector.
 FILTER_EXACT_MAX_ROWS = 10_000
-# HNSW with a selector: efSearch = HNSW_EF_SEARCH / share kept ** FILTER_EF_EXPONENT, at most FILTER_MAX_EF_SEARCH.
+# HNSW with a selector: efSearch = HNSW_EF_SEARCH / share kept ** FILTER_EF_EXPONENT, at most FILTER_MAX_EF_SEARCH
+# (recall@10 >= 0.95 against exact filtered search at 100k boxes).
 FILTER_MAX_EF_SEARCH = 256
 FILTER_EF_EXPONENT = 1.0
-# Per-camera graphs are searched when the cameras holding kept rows hold at most this share of all rows
-# (above it the graph searches add up to more than one walk of the whole graph with the selector).
-CAMERA_GRAPHS_MAX_SHARE = 0.25
-# A camera graph's efSearch (widened like the whole graph's when a selector narrows the camera): a filter's
-# top k lies among rows far from the query (its own identity is often elsewhere), where a walk at the whole
-# graph's efSearch 64 finds fewer of them (recall@10 0.93 at 100k boxes, 8 cameras).
-CAMERA_EF_SEARCH = 128
-# A selected camera keeping at most this many rows is searched exactly with the cameras that have no graph
-# (an exact scan of 2,500 rows costs about one graph search).
-CAMERA_EXACT_MAX_ROWS = 2_500
+# The cost of an HNSW search per unit of efSearch, in rows of an exact scan (both nearly linear: at D = 256,
+# 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk about 0.0065 ms a unit of efSearch).
+GRAPH_ROWS_PER_EF = 90
+# A camera graph's efSearch (widened like the whole graph's when a selector narrows the camera).
+CAMERA_EF_SEARCH = 64
+# None: the cheapest way; "exact", "cameras" or "selector" force one (tests, benchmarks; "cameras" falls back
+# to the selector where no camera graph applies).
+FILTER_STRATEGY = None
+
+
+def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_rows: int, ef_search: int,
+                    camera_graphs: Callable[[], "CameraGraphs"]) -> Search:
+    """The search over the ``num_rows`` rows ``keep`` (bool [N]) selects, the cheapest way (module docstring).
+
+    Args:
+        structure: the index's faiss structure (HNSW, flat or compressed) over ``embeddings`` [N, D].
+        ef_search: HNSW's efSearch unfiltered.
+        camera_graphs: returns the index's :class:`CameraGraphs` (made only when an HNSW filter needs them).
+    """
+    import faiss
+
+    hnsw = isinstance(structure, faiss.IndexHNSW)
+    if FILTER_STRATEGY is not None:
+        choice = FILTER_STRATEGY
+    elif not hnsw:
+        choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
+    else:
+        costs = {"exact": num_rows, "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep))}
+        if num_rows > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH:  # else no camera plan can cost less than exact
+            costs["cameras"] = camera_graphs().cost(keep)
+        choice = min(costs, key=costs.get)
+    if choice == "exact":
+        return exact_search(embeddings, np.flatnonzero(keep))
+    if choice == "cameras" and hnsw and camera_graphs().cost(keep) < math.inf:
+        return camera_graphs().search(keep)
+    return selector_search(structure, keep, ef_search)
 
 
 def widened_ef(ef_search: int, share: float) -> int:
@@ -124,10 +154,11 @@ class CameraGraphs:
         self.built = 0  # graphs built by this object (not read from a file)
 
     def wanted(self) -> List[int]:
-        """Cameras that get a graph: those with more than FILTER_EXACT_MAX_ROWS rows, when there are >= 2."""
+        """Cameras that get a graph, when there are >= 2: those of more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH
+        rows (5,760: a smaller camera is scanned exactly for less than one walk of its graph)."""
         if len(self.names) < 2:
             return []
-        return [c for c, rows in enumerate(self.rows) if len(rows) > FILTER_EXACT_MAX_ROWS]
+        return [c for c, rows in enumerate(self.rows) if len(rows) > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH]
 
     def graph(self, camera: int):
         """Camera ``camera``'s graph, built on first use when not read from a file."""
@@ -142,22 +173,36 @@ class CameraGraphs:
             self.built += 1
         return self.graphs[camera]
 
-    def plan(self, keep: np.ndarray) -> Optional[Search]:
-        """A search over the rows ``keep`` (bool [N]) through the graphs of the cameras holding them, or None
-        when those cameras hold more than CAMERA_GRAPHS_MAX_SHARE of the rows or none of them has a graph.
-        Cameras without a graph, or keeping at most CAMERA_EXACT_MAX_ROWS rows, are searched exactly together."""
+    def _split(self, keep: np.ndarray):
+        """(cameras searched through their graph, rows searched exactly, cost in rows of an exact scan) for
+        the rows ``keep`` (bool [N]): a camera holding kept rows walks its graph (efSearch widened by the share
+        of the camera kept) when that costs less than scanning its kept rows."""
         kept = np.bincount(self.row_cameras[keep], minlength=len(self.names))
-        touched = [c for c, n in enumerate(kept) if n]
-        if sum(len(self.rows[c]) for c in touched) > CAMERA_GRAPHS_MAX_SHARE * len(keep):
-            return None
         with_graph = set(self.wanted())
-        graphed = [c for c in touched if c in with_graph and kept[c] > CAMERA_EXACT_MAX_ROWS]
-        if not graphed:
-            return None
+        graphed, exact, cost = [], [], 0.0
+        for c in np.flatnonzero(kept):
+            walk = GRAPH_ROWS_PER_EF * widened_ef(CAMERA_EF_SEARCH, kept[c] / len(self.rows[c]))
+            if c in with_graph and walk < kept[c]:
+                graphed.append(int(c))
+                cost += walk
+            else:
+                exact.append(int(c))
+                cost += kept[c]
+        return graphed, exact, cost
+
+    def cost(self, keep: np.ndarray) -> float:
+        """What :meth:`search` costs for ``keep``, in rows of an exact scan; inf when no camera graph helps."""
+        graphed, _, cost = self._split(keep)
+        return cost if graphed else math.inf
+
+    def search(self, keep: np.ndarray) -> Search:
+        """A search over the rows ``keep`` (bool [N]) through the graphs of the cameras holding them (built or
+        read on first use); the other cameras' kept rows are searched exactly, together."""
+        graphed, exact, _ = self._split(keep)
         searches = []
-        exact_rows = [self.rows[c][keep[self.rows[c]]] for c in touched if c not in graphed]
-        if exact_rows:
-            searches.append(exact_search(self.embeddings, np.concatenate(exact_rows)))
+        if exact:
+            searches.append(exact_search(self.embeddings, np.concatenate([self.rows[c][keep[self.rows[c]]]
+                                                                          for c in exact])))
         for c in graphed:
             searches.append(_camera_search(self.graph(c), self.rows[c], keep[self.rows[c]], CAMERA_EF_SEARCH))
 

@@ -12,8 +12,8 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
                            ``embeddings`` (float32 [N, D], L2-normalised)
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
-    camera_graphs/*.faiss  HNSW indexes: one HNSW graph per camera of more than FILTER_EXACT_MAX_ROWS boxes, over
-                           its rows, for camera filters (filtered.py; rebuilt on use when out of date)
+    camera_graphs/*.faiss  with an HNSW structure and >= 2 cameras: an HNSW graph per camera of more than 5,760
+                           boxes, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
 
 Loading reads the per-image lists; the row arrays (boxes, scores, embeddings) of the parts are memory-mapped
 (np.savez stores them uncompressed), so a compacted index of millions of boxes with a compressed (IVF-PQ)
@@ -362,18 +362,9 @@ class GalleryIndex:
         return self._filters[key]
 
     def _filtered_search(self, structure, keep: np.ndarray, num_rows: int) -> filtered.Search:
-        """A search over the ``num_rows`` rows ``keep`` (bool [N]) selects (filtered.py): exact over them when
-        at most FILTER_EXACT_MAX_ROWS; over an HNSW graph, the graphs of their cameras when few cameras hold
-        them (CameraGraphs.plan); else ``structure`` with a faiss ID selector (HNSW: efSearch widened)."""
-        import faiss
-
-        if num_rows <= filtered.FILTER_EXACT_MAX_ROWS:
-            return filtered.exact_search(self.embeddings, np.flatnonzero(keep))
-        if isinstance(structure, faiss.IndexHNSW):
-            run = self.camera_graphs().plan(keep)
-            if run is not None:
-                return run
-        return filtered.selector_search(structure, keep, HNSW_EF_SEARCH)
+        """A search over the ``num_rows`` rows ``keep`` (bool [N]) selects (filtered.filtered_search)."""
+        return filtered.filtered_search(structure, self.embeddings, keep, num_rows, HNSW_EF_SEARCH,
+                                        self.camera_graphs)
 
     def camera_graphs(self) -> CameraGraphs:
         """The per-camera HNSW graphs (filtered.CameraGraphs): read from this index's folder when saved for

@@ -178,17 +178,18 @@ def _with_places_and_times(index):
     return index
 
 
-@pytest.mark.parametrize("approximate,exact_rows", [(False, 0), (False, 10**9), (True, 0), (True, 10**9)])
+@pytest.mark.parametrize("approximate,strategy", [(False, "selector"), (False, "exact"), (True, "selector"),
+                                                   (True, "exact"), (True, None)])
 @pytest.mark.parametrize("cameras,since,until,one", [
     (["cam1"], None, None, False), (["cam0", "cam2"], None, None, True),
     (None, 1_700_000_000.0 + 60 * 7, None, False), (None, None, 1_700_000_000.0 + 60 * 20, True),
     (["cam2"], 1_700_000_000.0 + 60 * 3, 1_700_000_000.0 + 60 * 25, False), (["nowhere"], None, None, False),
 ])
-def test_camera_and_time_filters_equal_brute_force(approximate, exact_rows, cameras, since, until, one,
+def test_camera_and_time_filters_equal_brute_force(approximate, strategy, cameras, since, until, one,
                                                    monkeypatch):
     """Both strategies of a filtered query over flat search and HNSW: the structure with an ID selector
-    (FILTER_EXACT_MAX_ROWS 0) and exact search over the kept rows alone (FILTER_EXACT_MAX_ROWS above N)."""
-    monkeypatch.setattr(filtered_module, "FILTER_EXACT_MAX_ROWS", exact_rows)
+    and exact search over the kept rows alone (FILTER_STRATEGY forcing each), and the cost model's choice."""
+    monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", strategy)
     index = _with_places_and_times(_filled(num_images=60))
     times = np.asarray(index.times)
     ok_image = np.array([(cameras is None or c in cameras) for c in index.cameras])
@@ -211,14 +212,16 @@ def test_camera_and_time_filters_equal_brute_force(approximate, exact_rows, came
             assert (h.time is None) == (not np.isfinite(index.times[i]))
 
 
-@pytest.mark.parametrize("cameras,exact", [(["cam0"], True), (["cam0", "cam1"], False)])
-def test_filtered_hnsw_query_searches_few_rows_exactly(cameras, exact, monkeypatch):
-    """Over an HNSW graph a filter keeping at most FILTER_EXACT_MAX_ROWS boxes is searched exactly over the
-    kept rows, one keeping more walks the graph with the selector (efSearch widened); both find the
-    brute-force top k of the kept rows on clustered data."""
+@pytest.mark.parametrize("cameras,rows_per_ef,chosen", [(["cam0"], 90, "exact"), (["cam0"], 4, "cameras"),
+                                                       (["cam0", "cam1", "cam2"], 4, "selector")])
+def test_filtered_hnsw_query_takes_the_cheapest_way(cameras, rows_per_ef, chosen, monkeypatch):
+    """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
+    efSearch) picks exact search (750 rows against a walk of 90 x 64), the camera's own graph (4 x 64 = 256
+    against 750 rows) or the whole graph with a selector (4 x 86 against 3 cameras' walks and 2,250 rows); each
+    finds the brute-force top k of the kept rows on clustered data."""
     import faiss
 
-    monkeypatch.setattr(filtered_module, "FILTER_EXACT_MAX_ROWS", 750)
+    monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(300, 32)))
     data = _unit(np.repeat(centres, 10, axis=0) + 0.08 * rng.normal(size=(3000, 32)))
@@ -226,12 +229,14 @@ def test_filtered_hnsw_query_searches_few_rows_exactly(cameras, exact, monkeypat
     for i in range(300):  # 10 boxes an image; cameras cam0..cam3 round-robin: one camera keeps 750 boxes
         index.add(f"cam{i % 4}/img{i:03d}.jpg", -1, np.tile([0, 0, 1, 1], (10, 1)) + np.arange(10)[:, None],
                   np.ones(10), data[10 * i:10 * i + 10], camera=f"cam{i % 4}")
-    exact_calls = []
-    by_idx = faiss.knn_inner_products_by_idx
-    monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: exact_calls.append(1) or by_idx(*a))
+    calls = []
+    by_idx, camera_search = faiss.knn_inner_products_by_idx, filtered_module.CameraGraphs.search
+    monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: calls.append("exact") or by_idx(*a))
+    monkeypatch.setattr(filtered_module.CameraGraphs, "search",
+                        lambda *a: calls.append("cameras") or camera_search(*a))
     queries = _unit(centres[:20] + 0.08 * rng.normal(size=(20, 32)))
     results = index.search(queries, top_k=10, approximate=True, cameras=cameras)
-    assert index.search_kind == "hnsw" and bool(exact_calls) == exact
+    assert index.search_kind == "hnsw" and set(calls) == ({chosen} - {"selector"})
     kept = np.isin(np.array(index.cameras)[index.entry_image], cameras)
     for q, hits in zip(queries, results):
         sims = np.where(kept, index.embeddings @ q, -np.inf)
@@ -291,38 +296,44 @@ def _filtered_truth(index, q, k, cameras=None, since=None, until=None, exclude=(
     return [float(sims[r]) for r in rows[:k]]
 
 
-def _force_camera_graphs(monkeypatch, exact_camera_rows=0):
-    """Every camera of more than 5 rows gets a graph, filters keeping more than 5 rows search them."""
-    monkeypatch.setattr(filtered_module, "FILTER_EXACT_MAX_ROWS", 5)
-    monkeypatch.setattr(filtered_module, "CAMERA_GRAPHS_MAX_SHARE", 1.0)
-    monkeypatch.setattr(filtered_module, "CAMERA_EXACT_MAX_ROWS", exact_camera_rows)
+def _force_camera_graphs(monkeypatch, rows_per_ef=0.05):
+    """Camera graphs searched for every filter; cameras of more than rows_per_ef x 64 rows get a graph, a camera
+    keeping fewer rows than its walk costs (rows_per_ef x efSearch) is scanned exactly."""
+    monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "cameras")
+    monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
 
 
 T0 = 1_700_000_000.0
+MOST_OF_CAM1 = [f"cam1/img{i:03d}.jpg" for i in range(1, 150, 3)][5:]  # 45 of its 50 images
 
 
-@pytest.mark.parametrize("exact_camera_rows", [0, 40])
+@pytest.mark.parametrize("rows_per_ef", [0.05, 0.5])
 @pytest.mark.parametrize("filters,one", [
     ({"cameras": ["cam1"]}, False), ({"cameras": ["cam0", "cam2"]}, True),
     ({"cameras": ["cam2"], "since": T0 + 60 * 20, "until": T0 + 60 * 120, "thresh": 0.4,
       "exclude": ["cam2/img023.jpg", "cam2/img050.jpg"]}, False),
     ({"cameras": ["cam0", "cam1"], "since": T0 + 60 * 30, "exclude": ["cam0/img042.jpg"]}, True),
+    ({"cameras": ["cam0", "cam1"], "exclude": MOST_OF_CAM1}, False),
     ({"since": T0 + 60 * 10, "until": T0 + 60 * 100}, False),
 ])
-def test_camera_graph_filters_equal_brute_force(filters, one, exact_camera_rows, monkeypatch):
+def test_camera_graph_filters_equal_brute_force(filters, one, rows_per_ef, monkeypatch):
     """Filters searched through per-camera graphs (a selector over a camera's rows where time, score or
-    excluded images narrow it; small cameras exactly) find the brute-force top k of the kept rows."""
-    _force_camera_graphs(monkeypatch, exact_camera_rows)
+    excluded images narrow it; cameras keeping few rows scanned exactly) find the brute-force top k."""
+    _force_camera_graphs(monkeypatch, rows_per_ef)
     index = _three_cameras()
-    plans = []
-    plan = filtered_module.CameraGraphs.plan
-    monkeypatch.setattr(filtered_module.CameraGraphs, "plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    splits = []
+    split = filtered_module.CameraGraphs._split
+    monkeypatch.setattr(filtered_module.CameraGraphs, "_split", lambda *a: splits.append(split(*a)) or splits[-1])
     queries = _unit(np.random.default_rng(4).normal(size=(4, 16)))
     kw = {"cameras": filters.get("cameras"), "since": filters.get("since"), "until": filters.get("until"),
           "exclude_images": filters.get("exclude", ()), "det_thresh": filters.get("thresh")}
     results = index.search(queries, top_k=8, one_per_image=one, **kw)
-    assert index.search_kind == "hnsw" and len(plans) == 1 and plans[0] is not None
-    assert index.camera_graphs().built >= 1
+    graphed, exact, _ = splits[-1]
+    assert index.search_kind == "hnsw" and index.camera_graphs().built == len(graphed)
+    if rows_per_ef == 0.05:  # every walk is cheaper than a scan of the camera's kept rows
+        assert graphed and not exact
+    if filters.get("exclude") is MOST_OF_CAM1:  # at 0.5 rows a unit, cam1's 15 rows are scanned, cam0 walked
+        assert (graphed, exact) == (([0, 1], []) if rows_per_ef == 0.05 else ([0], [1]))
     for q, hits in zip(queries, results):
         truth = _filtered_truth(index, q, 8, filters.get("cameras"), filters.get("since"), filters.get("until"),
                                 filters.get("exclude", ()), filters.get("thresh"), one)
