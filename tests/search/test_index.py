@@ -217,7 +217,7 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
 def test_filtered_hnsw_query_takes_the_cheapest_way(cameras, rows_per_ef, chosen, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
     efSearch) picks exact search (750 rows against a walk of 90 x 64), the camera's own graph (4 x 64 = 256
-    against 750 rows) or the whole graph with a selector (4 x 86 against 3 cameras' walks and 2,250 rows); each
+    against 750 rows) or the whole graph with a selector (4 x 64 against 3 cameras' walks and 2,250 rows); each
     finds the brute-force top k of the kept rows on clustered data."""
     import faiss
 
