@@ -1,17 +1,22 @@
 #!/usr/bin/env python
 """The cost of a filtered gallery query (cameras, a time span) against an unfiltered one, on this machine.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8] [--max-ef 64 128 ...]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8] \
+        [--layout round-robin|contiguous] [--max-ef 256] [--ef-per-share 32 40 48 64]
 
 Embeddings as scripts/benchmark_search.py draws them (identities of 10 noisy views, identity directions in a
-32-dimensional subspace), 10 boxes an image, image i of camera ``cam{i % cameras}`` taken at i seconds; the
-index's own search structure (HNSW from 100,000 boxes). For each filter: the share of boxes it selects,
-single-query p50 / p95 through ``GalleryIndex.search`` (top 10, the filter and ``Hit`` objects included),
-the ratio to the unfiltered p50, recall@10 against exact search over the selected rows, and the time of the
-row mask alone; then the same with each strategy of the filtered search forced (exact over the kept rows;
-the structure with the ID selector, HNSW's efSearch widened up to each ``--max-ef``), to show where the cost
-goes and where the index's rule (FILTER_EXACT_MAX_ROWS, FILTER_MAX_EF_SEARCH in dcinet_d2/search/index.py)
-comes from.
+32-dimensional subspace), 10 boxes an image. --layout round-robin: image i of camera ``cam{i % cameras}``
+taken at i seconds; contiguous (as a real gallery, whose rows are sorted by path and a camera is a folder or
+a video): the images of a camera are consecutive, each camera covering the same span of time (image j of a
+camera taken at j seconds). The index's own search structure (HNSW from 100,000 boxes) and its camera graphs
+(built first, their build time and bytes reported). For each filter: the share of boxes it selects,
+single-query p50 / p95 through ``GalleryIndex.search`` (top 10, ``Hit`` objects included; the filter's mask
+and search reused, as for a reviewer's many queries with one filter), the ratio to the unfiltered p50,
+recall@10 against exact search over the selected rows, the p50 of a filter's first query (nothing reused)
+and of the row mask alone; then the same with each strategy of the filtered search forced (exact over the
+kept rows; the camera graphs at each --camera-ef, every camera holding kept rows walked; the structure with
+the ID selector, efSearch = each --ef-per-share / share, at least 64, up to each --max-ef), to show where the cost
+goes and where the rule (the constants of dcinet_d2/search/filtered.py) comes from.
 Prints Markdown tables for BENCHMARKS.md.
 """
 import argparse
@@ -25,54 +30,69 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_search import clustered  # noqa: E402  (the same synthetic embeddings)
 
 
-def build_index(embeddings, cameras):
-    """A GalleryIndex of 10 boxes an image (distinct boxes, score 1); image i: camera cam{i % cameras},
-    time i seconds."""
+def build_index(embeddings, cameras, layout):
+    """A GalleryIndex of 10 boxes an image (distinct boxes, score 1), in canonical order; the camera and time
+    of each image by ``layout`` (module docstring)."""
     from dcinet_d2.search.index import GalleryIndex
 
     index = GalleryIndex(embeddings.shape[1], gallery_root="/bench")
+    num_images = -(-len(embeddings) // 10)
+    block = -(-num_images // cameras)
     for start in range(0, len(embeddings), 10):
         k, i = min(10, len(embeddings) - start), start // 10
+        camera, t = (i % cameras, i) if layout == "round-robin" else (i // block, i % block)
         boxes = np.stack([np.arange(k), np.zeros(k), np.arange(k) + 1, np.ones(k)], 1).astype(np.float32)
-        index.add(f"img{i:07d}.jpg", -1, boxes, np.ones(k, np.float32), embeddings[start:start + k],
-                  camera=f"cam{i % cameras}", time=float(i))
+        index.add(f"cam{camera}/img{i:07d}.jpg", -1, boxes, np.ones(k, np.float32), embeddings[start:start + k],
+                  camera=f"cam{camera}", time=float(t))
     _ = index.embeddings  # join the chunks before timing
-    return index
+    return index.sort()
 
 
-def filters(num_images, cameras):
+def filters(index, cameras):
     """(name, search keywords) of the measured filters."""
-    span = lambda share: {"since": 0.0, "until": num_images * share - 1}  # noqa: E731
+    end = max(index.times) + 1
+    span = lambda share: {"since": 0.0, "until": end * share - 1}  # noqa: E731
+    some = lambda n: {"cameras": [f"cam{i}" for i in range(n)]}  # noqa: E731
     return [("none", {}),
-            (f"{cameras // 2} cameras of {cameras}", {"cameras": [f"cam{i}" for i in range(cameras // 2)]}),
-            (f"1 camera of {cameras}", {"cameras": ["cam0"]}),
-            ("time: 10% of images", span(0.1)),
-            ("time: 1% of images", span(0.01)),
-            ("time: 0.1% of images", span(0.001)),
-            ("1 camera, 10% of time", {"cameras": ["cam0"], **span(0.1)})]
+            (f"{cameras // 2} cameras of {cameras}", some(cameras // 2)),
+            (f"2 cameras of {cameras}", some(2)),
+            (f"1 camera of {cameras}", some(1)),
+            ("time: 50%", span(0.5)),
+            ("time: 25%", span(0.25)),
+            ("time: 20%", span(0.2)),
+            ("time: 10%", span(0.1)),
+            ("time: 1%", span(0.01)),
+            ("time: 0.1%", span(0.001)),
+            ("2 cameras, 50% of time", {**some(2), **span(0.5)}),
+            ("1 camera, 10% of time", {**some(1), **span(0.1)})]
 
 
 def _key(index, row):
     return index.images[int(index.entry_image[row])][0], tuple(round(float(v), 2) for v in index.boxes[row])
 
 
-def measure(index, queries, kw, repeats, recall_queries):
-    """(share selected, p50 ms, p95 ms, recall@10 vs exact over the selected rows, p50 ms of computing the
-    row mask alone)."""
+def measure(index, queries, kw, repeats, recall_queries, first_queries=50):
+    """(share selected, p50 ms, p95 ms, recall@10 vs exact over the selected rows, p50 ms of a filter's first
+    query, p50 ms of computing the row mask alone)."""
     import faiss
 
     masks = []
     for _ in range(50):
+        index._filters.clear()
         t = time.perf_counter()
-        keep = np.ones(index.num_boxes, bool)
-        image_ok = index._image_filter((), kw.get("cameras"), kw.get("since"), kw.get("until"))
-        if image_ok is not None:
-            keep &= image_ok[index.entry_image]
+        index._filter(None, (), kw.get("cameras"), kw.get("since"), kw.get("until"))
         masks.append(time.perf_counter() - t)
-    selected = np.flatnonzero(keep)
+    chosen = index._filter(None, (), kw.get("cameras"), kw.get("since"), kw.get("until"))
+    selected = np.arange(index.num_boxes) if chosen is None else np.flatnonzero(chosen.keep)
     exact = faiss.IndexFlatIP(index.dim)
     exact.add(index.embeddings[selected])
     truth = selected[exact.search(queries[:recall_queries], 10)[1]]
+    firsts = []
+    for q in queries[:first_queries]:
+        index._filters.clear()
+        t = time.perf_counter()
+        index.search(q, top_k=10, **kw)
+        firsts.append(time.perf_counter() - t)
     recall = np.mean([len({(h.image, tuple(h.box)) for h in index.search(q, top_k=10, **kw)[0]}
                           & {_key(index, r) for r in t}) / 10 for q, t in zip(queries, truth)])
     times = []
@@ -81,7 +101,20 @@ def measure(index, queries, kw, repeats, recall_queries):
         index.search(q, top_k=10, **kw)
         times.append(time.perf_counter() - t)
     return (len(selected) / index.num_boxes, np.percentile(times, 50) * 1e3, np.percentile(times, 95) * 1e3, recall,
-            np.percentile(masks, 50) * 1e3)
+            np.percentile(firsts, 50) * 1e3, np.percentile(masks, 50) * 1e3)
+
+
+def build_camera_graphs(index):
+    """Build every camera graph the index wants; (seconds, bytes of the graphs, boxes in them)."""
+    import faiss
+
+    t = time.perf_counter()
+    graphs = index.camera_graphs()
+    for c in graphs.wanted():
+        graphs.graph(c)
+    seconds = time.perf_counter() - t
+    size = sum(faiss.serialize_index(graphs.graph(c)).nbytes for c in graphs.wanted())
+    return seconds, size, sum(len(graphs.rows[c]) for c in graphs.wanted())
 
 
 def main(argv=None):
@@ -89,50 +122,66 @@ def main(argv=None):
     parser.add_argument("--boxes", type=int, default=100_000)
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--layout", choices=("round-robin", "contiguous"), default="round-robin")
     parser.add_argument("--repeats", type=int, default=300, help="single queries timed per filter")
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--max-ef", type=int, nargs="*", default=[64, 128, 256, 512, 1024],
+    parser.add_argument("--max-ef", type=int, nargs="*", default=[256],
                         help="also time every filter with the selector forced, efSearch widened up to each of these")
+    parser.add_argument("--camera-ef", type=int, nargs="*", default=[64, 96],
+                        help="also time every filter with the camera graphs forced, at each of these efSearch")
+    parser.add_argument("--ef-per-share", type=int, nargs="*", default=[32, 40, 48, 64],
+                        help="... and efSearch = each of these / share kept")
     args = parser.parse_args(argv)
     import faiss
 
-    from dcinet_d2.search import index as index_module
+    from dcinet_d2.search import filtered
+    from dcinet_d2.search.index import HNSW_EF_SEARCH
 
     rng = np.random.default_rng(0)
     data, centres = clustered(args.boxes, args.dim, rng, intrinsic=32)
     queries = centres[rng.integers(0, len(centres), args.repeats)]
     queries = queries + 0.05 * rng.standard_normal(queries.shape, dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    index = build_index(data, args.cameras)
+    index = build_index(data, args.cameras, args.layout)
+    t = time.perf_counter()
     index.search(queries[0], top_k=10)  # builds the search structure
-    chosen = {"FILTER_EXACT_MAX_ROWS": index_module.FILTER_EXACT_MAX_ROWS,
-              "FILTER_MAX_EF_SEARCH": index_module.FILTER_MAX_EF_SEARCH}
+    structure_s, structure_bytes = time.perf_counter() - t, faiss.serialize_index(index.search_structure()).nbytes
+    graphs_s, graphs_bytes, graphs_boxes = build_camera_graphs(index)
+    knobs = ("FILTER_STRATEGY", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "GRAPH_ROWS_PER_EF",
+             "CAMERA_EF_SEARCH")
+    chosen = {key: getattr(filtered, key) for key in knobs}
     strategies = [("the index's choice", chosen),
-                  ("exact over the kept rows", dict(chosen, FILTER_EXACT_MAX_ROWS=10**12))]
-    strategies += [(f"selector, efSearch up to {ef}", {"FILTER_EXACT_MAX_ROWS": 0, "FILTER_MAX_EF_SEARCH": ef})
-                   for ef in args.max_ef]
+                  ("exact over the kept rows", dict(chosen, FILTER_STRATEGY="exact"))]
+    strategies += [(f"camera graphs, ef {ef}", dict(chosen, FILTER_STRATEGY="cameras", GRAPH_ROWS_PER_EF=0,
+                                                    CAMERA_EF_SEARCH=ef)) for ef in args.camera_ef]
+    strategies += [(f"selector, ef {e} / share up to {ef}",
+                    dict(chosen, FILTER_STRATEGY="selector", FILTER_MAX_EF_SEARCH=ef, FILTER_EF_PER_SHARE=e))
+                   for e in args.ef_per_share for ef in args.max_ef]
     table = {}
-    for title, knobs in strategies:
-        for key, value in knobs.items():
-            setattr(index_module, key, value)
-        for name, kw in filters(index.num_images, args.cameras):
-            if index.num_images * 10 * min(kw.get("until", 1e18) / index.num_images, 1) < 10:
-                continue  # fewer than 10 boxes pass: nothing to rank
+    for title, values in strategies:
+        for key, value in values.items():
+            setattr(filtered, key, value)
+        for name, kw in filters(index, args.cameras):
             table[title, name] = measure(index, queries, kw, args.repeats, args.recall_queries)
             print(title, name, table[title, name], file=sys.stderr, flush=True)
     for key, value in chosen.items():
-        setattr(index_module, key, value)
-    names = [n for n, _ in filters(index.num_images, args.cameras) if (strategies[0][0], n) in table]
-    print(f"{index.num_boxes:,} boxes, {index.num_images:,} images, {args.cameras} cameras, D = {args.dim}, search: "
-          f"{index.search_kind}, threads: {faiss.omp_get_max_threads()}; the index's rule: exact over the kept rows "
-          f"up to {chosen['FILTER_EXACT_MAX_ROWS']:,} of them, else HNSW with the selector, efSearch "
-          f"{index_module.HNSW_EF_SEARCH} / share kept, at most {chosen['FILTER_MAX_EF_SEARCH']}\n")
+        setattr(filtered, key, value)
+    names = [n for n, _ in filters(index, args.cameras)]
+    print(f"{index.num_boxes:,} boxes, {index.num_images:,} images, {args.cameras} cameras ({args.layout}), "
+          f"D = {args.dim}, search: {index.search_kind} (built in {structure_s:.1f} s, {structure_bytes / 2**20:.0f} "
+          f"MiB), threads: {faiss.omp_get_max_threads()}; camera graphs: {graphs_boxes:,} boxes, built in "
+          f"{graphs_s:.1f} s, {graphs_bytes / 2**20:.0f} MiB ({graphs_bytes / index.num_boxes:.0f} bytes a box of "
+          f"the index). The rule: the cheapest by cost in rows of an exact scan (exact: the rows kept; a graph walk: "
+          f"{chosen['GRAPH_ROWS_PER_EF']} a unit of efSearch): exact, camera graphs (efSearch "
+          f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {chosen['FILTER_EF_PER_SHARE']} / "
+          f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']})\n")
     base = table[strategies[0][0], "none"][1]
     print("| filter | boxes kept | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | recall@10 vs exact "
-          "| of which the row mask (ms) |\n|---|---|---|---|---|---|---|")
+          "| a filter's first query, p50 (ms) | of which the row mask (ms) |\n|---|---|---|---|---|---|---|---|")
     for name in names:
-        share, p50, p95, recall, mask = table[strategies[0][0], name]
-        print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {recall:.3f} | {mask:.3f} |")
+        share, p50, p95, recall, first, mask = table[strategies[0][0], name]
+        print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {recall:.3f} | {first:.3f} "
+              f"| {mask:.3f} |")
     print("\nEach strategy forced (p50 ms / recall@10):\n")
     print("| filter | boxes kept | " + " | ".join(t for t, _ in strategies[1:]) + " |")
     print("|---|---|" + "---|" * (len(strategies) - 1))

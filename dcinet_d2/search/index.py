@@ -12,6 +12,8 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
                            ``embeddings`` (float32 [N, D], L2-normalised)
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
+    camera_graphs/*.faiss  with an HNSW structure and >= 2 cameras: an HNSW graph per camera of more than 5,760
+                           boxes, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
 
 Loading reads the per-image lists; the row arrays (boxes, scores, embeddings) of the parts are memory-mapped
 (np.savez stores them uncompressed), so a compacted index of millions of boxes with a compressed (IVF-PQ)
@@ -21,6 +23,7 @@ A part lands whole or not at all (temporary file, then rename), so a build kille
 finished part, and the next build skips their images. An image found in two parts (a kill between a
 compaction's write and its deletes, or two shards given the same image) is kept once.
 """
+import collections
 import dataclasses
 import datetime
 import glob
@@ -37,8 +40,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..fileio import atomic_open, write_json
-from . import compressed
+from . import compressed, filtered
 from .compressed import CompressedSearch
+from .filtered import CameraGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +56,11 @@ FORMAT_VERSION = 1
 APPROX_MIN_BOXES = 100_000
 # HNSW: links per node, construction and search breadth (recall@10 >= 0.95 against exact at 1M, BENCHMARKS.md).
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
-# A filtered query: when the filters keep at most this many boxes, exact search over the kept rows alone
-# (faiss.knn_inner_products_by_idx: cost in proportion to the rows kept) is cheaper than a search of the whole
-# structure with an ID selector, and exact; above it, the structure with the selector, HNSW's efSearch widened
-# to HNSW_EF_SEARCH / (share kept), up to FILTER_MAX_EF_SEARCH, as its walk passes rows the selector rejects
-# (BENCHMARKS.md "Filtered search").
-FILTER_EXACT_MAX_ROWS = 10_000
-FILTER_MAX_EF_SEARCH = 256
+# Filtered queries: the strategy and its constants are in filtered.py. A reviewer issues many queries with one
+# filter: the row mask and search of the last FILTER_CACHE_SIZE filters are kept (a filter's first query pays
+# its mask: 0.1 to 0.3 ms at 100k boxes, more with camera graphs, BENCHMARKS.md "Filtered search").
+FILTER_CACHE_SIZE = 4
+CAMERA_GRAPHS_FOLDER = "camera_graphs"
 _NORM_TOLERANCE = 1e-3
 # Search structures: exact, graph (all embeddings in memory), compressed (codes in memory, embeddings on disk).
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -100,6 +102,21 @@ class Hit:
         return image_label(self.image, self.frame)
 
 
+@dataclasses.dataclass
+class _Filter:
+    """The rows one filter keeps, and what searching them takes (kept for the filter's next queries)."""
+    keep: np.ndarray  # bool [N]
+    num_rows: int  # rows kept
+    runs: Dict[str, "filtered.Search"] = dataclasses.field(default_factory=dict)  # search kind -> search
+    _num_images: Optional[int] = None
+
+    def num_images(self, index) -> int:
+        """Images with a kept row."""
+        if self._num_images is None:
+            self._num_images = len(np.unique(index.entry_image[self.keep]))
+        return self._num_images
+
+
 def _digest(keys: Sequence[Tuple[str, int]], num_boxes: int) -> str:
     h = hashlib.sha256(f"{num_boxes}\n".encode())
     for image, frame in keys:
@@ -135,6 +152,9 @@ class GalleryIndex:
         self._search_file = {}  # kind and row digest of the structure in search.faiss under self.path ({}: none)
         self.rerank = compressed.IVFPQ_RERANK  # ivfpq: candidates a hit re-scored exactly (0: off)
         self._place_time = None  # (camera names U [C], camera codes [num_images], times, path -> image ids)
+        self._filters = collections.OrderedDict()  # filter key -> _Filter, least recently used first
+        self._camera_graphs = None  # filtered.CameraGraphs, made on first use
+        self._camera_graph_file = {}  # digest and files of camera_graphs/ under self.path ({}: none)
 
     # ------------------------------------------------------------------ rows
     @property
@@ -181,7 +201,7 @@ class GalleryIndex:
         self.images.append(key)
         self.cameras.append(str(camera))
         self.times.append(float(time))
-        self._place_time = None
+        self._rows_changed()
         for name, value in (("entry_image", np.full(len(scores), self._image_ids[key])), ("boxes", boxes),
                             ("scores", scores), ("embeddings", embeddings)):
             self._chunks[name].append(value)
@@ -239,8 +259,15 @@ class GalleryIndex:
         self._image_ids = {key: i for i, key in enumerate(self.images)}
         self._chunks = chunks
         self._pending = [int(new_id[i]) for i in self._pending]
-        self._search, self.search_kind, self._place_time = None, None, None
+        self._search, self.search_kind = None, None
+        self._rows_changed()
         return self
+
+    def _rows_changed(self):
+        """Forget what was derived from the rows (filters, camera graphs; the search structure is reset by
+        the callers)."""
+        self._place_time, self._camera_graphs = None, None
+        self._filters.clear()
 
     # ------------------------------------------------------------------ search
     def default_index_type(self) -> str:
@@ -288,21 +315,24 @@ class GalleryIndex:
             raise ValueError(f"top-k {top_k}: expected a positive number of hits")
         if not np.isfinite(queries).all():
             raise ValueError("query embeddings hold NaN or infinite values")
-        # keep: bool [N] of rows passing the filters; None when there are none (at 10M boxes making and
-        # counting an all-true mask costs 8 ms a query).
-        keep = None if det_thresh is None else self.scores >= det_thresh
-        images = self._image_filter(exclude_images, cameras, since, until)
-        if images is not None:
-            keep = images[self.entry_image] if keep is None else keep & images[self.entry_image]
+        # The filters' rows (None: no filters; at 10M boxes making and counting an all-true mask costs 8 ms a
+        # query), kept for the next queries with the same filters.
+        chosen = self._filter(det_thresh, exclude_images, cameras, since, until)
+        keep = None if chosen is None else chosen.keep
         if one_per_image:
-            wanted = min(top_k, len(np.unique(self.entry_image if keep is None else self.entry_image[keep])))
+            wanted = min(top_k, len(np.unique(self.entry_image)) if chosen is None else chosen.num_images(self))
         else:
-            wanted = min(top_k, self.num_boxes if keep is None else int(np.count_nonzero(keep)))
+            wanted = min(top_k, self.num_boxes if chosen is None else chosen.num_rows)
         if wanted == 0:
             return [[] for _ in queries]
         structure = self.search_structure(approximate)
         # The filters act inside the search, so k rows that pass come back at once.
-        run = structure.search if keep is None or keep.all() else self._filtered_search(structure, keep)
+        if chosen is None or chosen.num_rows == self.num_boxes:
+            run = structure.search
+        else:
+            if self.search_kind not in chosen.runs:
+                chosen.runs[self.search_kind] = self._filtered_search(structure, chosen.keep, chosen.num_rows)
+            run = chosen.runs[self.search_kind]
         # One hit per image drops rows after the search: widen k until enough images come (or all rows).
         k = min(self.num_boxes, max(wanted * 4, 32) if one_per_image else wanted)
         while True:
@@ -312,43 +342,66 @@ class GalleryIndex:
                 return hits
             k = min(self.num_boxes, max(k * 4, 32))
 
-    def _filtered_search(self, structure, keep: np.ndarray):
-        """A search over the rows ``keep`` (bool [N]) selects, as ``(queries [q, D], k) -> (sims [q, k], rows
-        [q, k])`` (rows -1 past the last match): exact over those rows when they are at most
-        FILTER_EXACT_MAX_ROWS, else ``structure`` with a faiss ID selector (HNSW: efSearch widened)."""
-        import faiss
-
-        rows = np.flatnonzero(keep).astype(np.int64)
-        if len(rows) <= FILTER_EXACT_MAX_ROWS:
-            embeddings = np.ascontiguousarray(self.embeddings, np.float32)  # faiss reads the raw buffer
-
-            def exact(queries, k):
-                sims, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
-                faiss.knn_inner_products_by_idx(  # every query against the same rows (their stride 0)
-                    faiss.swig_ptr(queries), faiss.swig_ptr(embeddings), faiss.swig_ptr(rows), self.dim,
-                    len(queries), len(embeddings), len(rows), k, faiss.swig_ptr(sims), faiss.swig_ptr(ids), 0)
-                return sims, ids
-            return exact
-        bitmap = np.packbits(keep, bitorder="little")  # must outlive the search: the closure holds it
-        selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
-        if isinstance(structure, faiss.IndexHNSW):
-            ef = min(FILTER_MAX_EF_SEARCH, max(HNSW_EF_SEARCH, math.ceil(HNSW_EF_SEARCH * len(keep) / len(rows))))
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-        else:
-            params = faiss.SearchParameters(sel=selector)
-        return lambda queries, k, bitmap=bitmap: structure.search(queries, k, params=params)
-
-    def _image_filter(self, exclude_images, cameras, since, until) -> Optional[np.ndarray]:
-        """bool [num_images + 1] (the last for padding) of images passing the filters; None when all pass."""
-        if not len(exclude_images) and cameras is None and since is None and until is None:
+    def _filter(self, det_thresh, exclude_images, cameras, since, until) -> Optional["_Filter"]:
+        """The rows passing the filters (None when there are none), from the FILTER_CACHE_SIZE last used."""
+        key = (None if det_thresh is None else float(det_thresh), tuple(sorted(set(map(str, exclude_images)))),
+               None if cameras is None else tuple(sorted(set(map(str, cameras)))),
+               None if since is None else float(since), None if until is None else float(until))
+        if key in self._filters:
+            self._filters.move_to_end(key)
+            return self._filters[key]
+        keep = None if det_thresh is None else self.scores >= det_thresh
+        images = self._image_filter(exclude_images, cameras, since, until)
+        if images is not None:
+            keep = images[self.entry_image] if keep is None else keep & images[self.entry_image]
+        if keep is None:
             return None
-        if self._place_time is None:  # built once: per query, string compares over every image cost ~0.5 ms
+        self._filters[key] = _Filter(keep, int(np.count_nonzero(keep)))
+        while len(self._filters) > FILTER_CACHE_SIZE:
+            self._filters.popitem(last=False)
+        return self._filters[key]
+
+    def _filtered_search(self, structure, keep: np.ndarray, num_rows: int) -> filtered.Search:
+        """A search over the ``num_rows`` rows ``keep`` (bool [N]) selects (filtered.filtered_search)."""
+        return filtered.filtered_search(structure, self.embeddings, keep, num_rows, HNSW_EF_SEARCH,
+                                        self.camera_graphs)
+
+    def camera_graphs(self) -> CameraGraphs:
+        """The per-camera HNSW graphs (filtered.CameraGraphs): read from this index's folder when saved for
+        these rows, else built on first use (in memory; :meth:`save` with ``search_file`` writes them)."""
+        if self._camera_graphs is None:
+            names, codes, _, _ = self._places()
+            self._camera_graphs = CameraGraphs(self.embeddings, codes[self.entry_image], list(names),
+                                               lambda embeddings: build_faiss(embeddings, "hnsw"))
+            saved = self._camera_graph_file
+            if self.path is not None and saved.get("digest") == self._camera_digest():
+                self._camera_graphs.use_files(os.path.join(self.path, CAMERA_GRAPHS_FOLDER), saved["files"])
+            elif saved:
+                logger.info("%s: the camera graphs are older than the rows; rebuilt when needed", self.path)
+        return self._camera_graphs
+
+    def _camera_digest(self) -> str:
+        """Digest of the rows and the cameras of their images (what camera graphs are built from)."""
+        h = hashlib.sha256(_digest(self.images, self.num_boxes).encode())
+        h.update("\0".join(self.cameras).encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+    def _places(self):
+        """(camera names U [C], camera code per image int [num_images], times float64 [num_images],
+        image path -> image ids), built once: per query, string compares over every image cost ~0.5 ms."""
+        if self._place_time is None:
             names, codes = np.unique(np.array(self.cameras, dtype=np.str_).reshape(-1), return_inverse=True)
             by_path = {}
             for i, (image, _) in enumerate(self.images):
                 by_path.setdefault(image, []).append(i)
             self._place_time = (names, codes.reshape(-1), np.array(self.times, np.float64).reshape(-1), by_path)
-        names, codes, times, by_path = self._place_time
+        return self._place_time
+
+    def _image_filter(self, exclude_images, cameras, since, until) -> Optional[np.ndarray]:
+        """bool [num_images + 1] (the last for padding) of images passing the filters; None when all pass."""
+        if not len(exclude_images) and cameras is None and since is None and until is None:
+            return None
+        names, codes, times, by_path = self._places()
         ok = np.ones(self.num_images + 1, bool)
         for image in exclude_images:
             ok[by_path.get(image, [])] = False
@@ -381,19 +434,21 @@ class GalleryIndex:
     def manifest(self) -> Dict:
         return {"format_version": FORMAT_VERSION, "embedding_dim": self.dim, "num_images": self.num_images,
                 "num_boxes": self.num_boxes, "det_thresh": self.det_thresh, "gallery_root": self.gallery_root,
-                "model": self.model, "index_type": self.index_type, "search": dict(self._search_file)}
+                "model": self.model, "index_type": self.index_type, "search": dict(self._search_file),
+                "camera_graphs": dict(self._camera_graph_file)}
 
     def save(self, path: str, compact: bool = False, search_file: bool = False):
         """Write the rows added since the last save as one new part, then the manifest.
 
         Args:
             compact: rewrite all rows as one part and delete the others (after a build).
-            search_file: also write the faiss structure (``search.faiss``) for fast loading.
+            search_file: also write the faiss structure (``search.faiss``) for fast loading, and with an HNSW
+                structure the per-camera graphs (``camera_graphs/``) that camera filters search.
         """
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):
             compact = True  # a copy elsewhere: everything goes into that folder
-            self._search_file = {}
+            self._search_file, self._camera_graph_file = {}, {}
         old_parts = _part_files(path)
         if compact:
             self._write_part(path, range(self.num_images), "all")
@@ -411,8 +466,20 @@ class GalleryIndex:
                 f.write(faiss.serialize_index(getattr(structure, "ivf", structure)).tobytes())
             # The manifest describes the structure in the file (not rows added after it was written).
             self._search_file = {"kind": self.search_kind, "digest": _digest(self.images, self.num_boxes)}
+            self._save_camera_graphs(path)
         write_json(os.path.join(path, "manifest.json"), self.manifest())
         self.path = path
+
+    def _save_camera_graphs(self, path):
+        """Write the camera graphs of an HNSW index (built now where missing) unless ``path`` holds them for
+        these rows already."""
+        digest = self._camera_digest()
+        graphs = self.camera_graphs() if self.search_kind == "hnsw" else None
+        if graphs is None or not graphs.wanted():
+            self._camera_graph_file = {}
+        elif self._camera_graph_file.get("digest") != digest:  # (reset when saving a copy elsewhere)
+            files = graphs.write(os.path.join(path, CAMERA_GRAPHS_FOLDER))
+            self._camera_graph_file = {"digest": digest, "files": files}
 
     def _write_part(self, path, image_ids, tag):
         image_ids = np.asarray(list(image_ids), np.int64)
@@ -454,6 +521,9 @@ class GalleryIndex:
         index.index_type = manifest.get("index_type")
         index.path = path
         index._load_search_file(path, manifest)
+        graphs = manifest.get("camera_graphs")
+        if isinstance(graphs, dict) and isinstance(graphs.get("files"), dict):
+            index._camera_graph_file = graphs  # read when a filter first needs them (camera_graphs())
         return index
 
     def _load_search_file(self, path, manifest):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from dcinet_d2.search import filtered as filtered_module
 from dcinet_d2.search import index as index_module
 from dcinet_d2.search.index import GalleryIndex, build_faiss
 
@@ -177,17 +178,18 @@ def _with_places_and_times(index):
     return index
 
 
-@pytest.mark.parametrize("approximate,exact_rows", [(False, 0), (False, 10**9), (True, 0), (True, 10**9)])
+@pytest.mark.parametrize("approximate,strategy", [(False, "selector"), (False, "exact"), (True, "selector"),
+                                                   (True, "exact"), (True, None)])
 @pytest.mark.parametrize("cameras,since,until,one", [
     (["cam1"], None, None, False), (["cam0", "cam2"], None, None, True),
     (None, 1_700_000_000.0 + 60 * 7, None, False), (None, None, 1_700_000_000.0 + 60 * 20, True),
     (["cam2"], 1_700_000_000.0 + 60 * 3, 1_700_000_000.0 + 60 * 25, False), (["nowhere"], None, None, False),
 ])
-def test_camera_and_time_filters_equal_brute_force(approximate, exact_rows, cameras, since, until, one,
+def test_camera_and_time_filters_equal_brute_force(approximate, strategy, cameras, since, until, one,
                                                    monkeypatch):
     """Both strategies of a filtered query over flat search and HNSW: the structure with an ID selector
-    (FILTER_EXACT_MAX_ROWS 0) and exact search over the kept rows alone (FILTER_EXACT_MAX_ROWS above N)."""
-    monkeypatch.setattr(index_module, "FILTER_EXACT_MAX_ROWS", exact_rows)
+    and exact search over the kept rows alone (FILTER_STRATEGY forcing each), and the cost model's choice."""
+    monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", strategy)
     index = _with_places_and_times(_filled(num_images=60))
     times = np.asarray(index.times)
     ok_image = np.array([(cameras is None or c in cameras) for c in index.cameras])
@@ -210,14 +212,16 @@ def test_camera_and_time_filters_equal_brute_force(approximate, exact_rows, came
             assert (h.time is None) == (not np.isfinite(index.times[i]))
 
 
-@pytest.mark.parametrize("cameras,exact", [(["cam0"], True), (["cam0", "cam1"], False)])
-def test_filtered_hnsw_query_searches_few_rows_exactly(cameras, exact, monkeypatch):
-    """Over an HNSW graph a filter keeping at most FILTER_EXACT_MAX_ROWS boxes is searched exactly over the
-    kept rows, one keeping more walks the graph with the selector (efSearch widened); both find the
-    brute-force top k of the kept rows on clustered data."""
+@pytest.mark.parametrize("cameras,rows_per_ef,chosen", [(["cam0"], 90, "exact"), (["cam0"], 4, "cameras"),
+                                                       (["cam0", "cam1", "cam2"], 4, "selector")])
+def test_filtered_hnsw_query_takes_the_cheapest_way(cameras, rows_per_ef, chosen, monkeypatch):
+    """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
+    efSearch) picks exact search (750 rows against a walk of 90 x 64), the camera's own graph (4 x 64 = 256
+    against 750 rows) or the whole graph with a selector (4 x 64 against 3 cameras' walks and 2,250 rows); each
+    finds the brute-force top k of the kept rows on clustered data."""
     import faiss
 
-    monkeypatch.setattr(index_module, "FILTER_EXACT_MAX_ROWS", 750)
+    monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(300, 32)))
     data = _unit(np.repeat(centres, 10, axis=0) + 0.08 * rng.normal(size=(3000, 32)))
@@ -225,12 +229,14 @@ def test_filtered_hnsw_query_searches_few_rows_exactly(cameras, exact, monkeypat
     for i in range(300):  # 10 boxes an image; cameras cam0..cam3 round-robin: one camera keeps 750 boxes
         index.add(f"cam{i % 4}/img{i:03d}.jpg", -1, np.tile([0, 0, 1, 1], (10, 1)) + np.arange(10)[:, None],
                   np.ones(10), data[10 * i:10 * i + 10], camera=f"cam{i % 4}")
-    exact_calls = []
-    by_idx = faiss.knn_inner_products_by_idx
-    monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: exact_calls.append(1) or by_idx(*a))
+    calls = []
+    by_idx, camera_search = faiss.knn_inner_products_by_idx, filtered_module.CameraGraphs.search
+    monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: calls.append("exact") or by_idx(*a))
+    monkeypatch.setattr(filtered_module.CameraGraphs, "search",
+                        lambda *a: calls.append("cameras") or camera_search(*a))
     queries = _unit(centres[:20] + 0.08 * rng.normal(size=(20, 32)))
     results = index.search(queries, top_k=10, approximate=True, cameras=cameras)
-    assert index.search_kind == "hnsw" and bool(exact_calls) == exact
+    assert index.search_kind == "hnsw" and set(calls) == ({chosen} - {"selector"})
     kept = np.isin(np.array(index.cameras)[index.entry_image], cameras)
     for q, hits in zip(queries, results):
         sims = np.where(kept, index.embeddings @ q, -np.inf)
@@ -259,3 +265,148 @@ def test_cameras_and_times_round_trip_and_old_parts_load_as_unknown(tmp_path):
     hits = before.search(_unit(np.ones((1, 4))), top_k=2)[0]
     assert [(h.camera, h.time) for h in hits] == [(None, None), (None, None)]
     assert before.search(_unit(np.ones((1, 4))), top_k=2, since=0.0)[0] == []
+
+
+def _three_cameras(num_images=150, dim=16, seed=3):
+    """3 boxes an image (scores 0.2..1), cameras cam0..cam2 round-robin, times a minute apart (every fifth
+    unknown); searched with an HNSW graph."""
+    rng = np.random.default_rng(seed)
+    index = GalleryIndex(dim, gallery_root="/g")
+    for i in range(num_images):
+        index.add(f"cam{i % 3}/img{i:03d}.jpg", -1, np.tile([0, 0, 1, 1], (3, 1)) + np.arange(3)[:, None],
+                  rng.uniform(0.2, 1, 3), _unit(rng.normal(size=(3, dim))), camera=f"cam{i % 3}",
+                  time=None if i % 5 == 0 else 1_700_000_000.0 + 60 * i)
+    index.index_type = "hnsw"
+    return index.sort()  # canonical order, as a build leaves it (and load reads it)
+
+
+def _filtered_truth(index, q, k, cameras=None, since=None, until=None, exclude=(), thresh=None, one=False):
+    """Similarities of the brute-force top k of the rows passing the filters."""
+    times = np.asarray(index.times)
+    with np.errstate(invalid="ignore"):
+        ok = np.array([(cameras is None or c in cameras) and image not in exclude
+                       for c, (image, _) in zip(index.cameras, index.images)])
+        if since is not None or until is not None:
+            ok &= np.isfinite(times) & (times >= (since or -np.inf)) & (times <= (until or np.inf))
+    sims = index.embeddings @ q
+    rows = [r for r in np.argsort(-sims, kind="stable") if ok[index.entry_image[r]]
+            and (thresh is None or index.scores[r] >= thresh)]
+    if one:
+        rows = [r for n, r in enumerate(rows) if index.entry_image[r] not in index.entry_image[rows[:n]]]
+    return [float(sims[r]) for r in rows[:k]]
+
+
+def _force_camera_graphs(monkeypatch, rows_per_ef=0.05):
+    """Camera graphs searched for every filter; cameras of more than rows_per_ef x 64 rows get a graph, a camera
+    keeping fewer rows than its walk costs (rows_per_ef x efSearch) is scanned exactly."""
+    monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "cameras")
+    monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
+
+
+T0 = 1_700_000_000.0
+MOST_OF_CAM1 = [f"cam1/img{i:03d}.jpg" for i in range(1, 150, 3)][5:]  # 45 of its 50 images
+
+
+@pytest.mark.parametrize("rows_per_ef", [0.05, 0.5])
+@pytest.mark.parametrize("filters,one", [
+    ({"cameras": ["cam1"]}, False), ({"cameras": ["cam0", "cam2"]}, True),
+    ({"cameras": ["cam2"], "since": T0 + 60 * 20, "until": T0 + 60 * 120, "thresh": 0.4,
+      "exclude": ["cam2/img023.jpg", "cam2/img050.jpg"]}, False),
+    ({"cameras": ["cam0", "cam1"], "since": T0 + 60 * 30, "exclude": ["cam0/img042.jpg"]}, True),
+    ({"cameras": ["cam0", "cam1"], "exclude": MOST_OF_CAM1}, False),
+    ({"since": T0 + 60 * 10, "until": T0 + 60 * 100}, False),
+])
+def test_camera_graph_filters_equal_brute_force(filters, one, rows_per_ef, monkeypatch):
+    """Filters searched through per-camera graphs (a selector over a camera's rows where time, score or
+    excluded images narrow it; cameras keeping few rows scanned exactly) find the brute-force top k."""
+    _force_camera_graphs(monkeypatch, rows_per_ef)
+    index = _three_cameras()
+    splits = []
+    split = filtered_module.CameraGraphs._split
+    monkeypatch.setattr(filtered_module.CameraGraphs, "_split", lambda *a: splits.append(split(*a)) or splits[-1])
+    queries = _unit(np.random.default_rng(4).normal(size=(4, 16)))
+    kw = {"cameras": filters.get("cameras"), "since": filters.get("since"), "until": filters.get("until"),
+          "exclude_images": filters.get("exclude", ()), "det_thresh": filters.get("thresh")}
+    results = index.search(queries, top_k=8, one_per_image=one, **kw)
+    graphed, exact, _ = splits[-1]
+    assert index.search_kind == "hnsw" and index.camera_graphs().built == len(graphed)
+    if rows_per_ef == 0.05:  # every walk is cheaper than a scan of the camera's kept rows
+        assert graphed and not exact
+    if filters.get("exclude") is MOST_OF_CAM1:  # at 0.5 rows a unit, cam1's 15 rows are scanned, cam0 walked
+        assert (graphed, exact) == (([0, 1], []) if rows_per_ef == 0.05 else ([0], [1]))
+    for q, hits in zip(queries, results):
+        truth = _filtered_truth(index, q, 8, filters.get("cameras"), filters.get("since"), filters.get("until"),
+                                filters.get("exclude", ()), filters.get("thresh"), one)
+        assert len(truth) == 8 and [h.similarity for h in hits] == pytest.approx(truth, abs=1e-5)
+        assert all(h.image not in filters.get("exclude", ()) for h in hits)
+
+
+def test_camera_graphs_saved_loaded_reused_and_stale_ones_rebuilt(tmp_path, monkeypatch):
+    _force_camera_graphs(monkeypatch)
+    index = _three_cameras()
+    index.save(str(tmp_path), compact=True, search_file=True)
+    files = sorted(os.listdir(tmp_path / "camera_graphs"))
+    assert files == ["0.faiss", "1.faiss", "2.faiss"]
+    assert index.camera_graphs().built == 3
+    stamps = {f: os.stat(tmp_path / "camera_graphs" / f).st_mtime_ns for f in files}
+    q = _unit(np.random.default_rng(5).normal(size=(1, 16)))
+
+    loaded = GalleryIndex.load(str(tmp_path))
+    hits = loaded.search(q, top_k=6, cameras=["cam1"], since=T0)[0]
+    assert loaded.camera_graphs().built == 0 and sorted(loaded.camera_graphs().graphs) == [1]  # read, one used
+    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(loaded, q[0], 6, ["cam1"], T0), abs=1e-5)
+
+    # Rows added after the graphs were written (an incremental save): the files are ignored, rebuilt in memory.
+    rng = np.random.default_rng(6)
+    loaded.add("cam1/late.jpg", -1, [[0, 0, 1, 1]] * 2, [0.9, 0.9], _unit(rng.normal(size=(2, 16))), camera="cam1",
+               time=T0 + 1)
+    loaded.save(str(tmp_path))
+    stale = GalleryIndex.load(str(tmp_path))
+    hits = stale.search(q, top_k=6, cameras=["cam1"], since=T0)[0]
+    assert stale.camera_graphs().built == 1 and stale.camera_graphs().graphs[1].ntotal == 152
+    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(stale, q[0], 6, ["cam1"], T0), abs=1e-5)
+    assert {f: os.stat(tmp_path / "camera_graphs" / f).st_mtime_ns for f in files} == stamps  # never written
+    stale.save(str(tmp_path), compact=True, search_file=True)  # a build's end writes them again
+    again = GalleryIndex.load(str(tmp_path))
+    again.search(q, top_k=6, cameras=["cam1"], since=T0)
+    assert again.camera_graphs().built == 0 and again.camera_graphs().graphs[1].ntotal == 152
+
+
+def test_index_without_camera_graphs_loads_and_answers_the_same(tmp_path, monkeypatch):
+    _force_camera_graphs(monkeypatch)
+    index = _three_cameras()
+    index.save(str(tmp_path), compact=True, search_file=True)
+    q = _unit(np.random.default_rng(7).normal(size=(3, 16)))
+    with_graphs = GalleryIndex.load(str(tmp_path)).search(q, top_k=6, cameras=["cam0", "cam2"], one_per_image=True)
+    # As an index written before camera graphs: no folder, no manifest entry.
+    for f in os.listdir(tmp_path / "camera_graphs"):
+        os.remove(tmp_path / "camera_graphs" / f)
+    os.rmdir(tmp_path / "camera_graphs")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["camera_graphs"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    old = GalleryIndex.load(str(tmp_path))
+    without = old.search(q, top_k=6, cameras=["cam0", "cam2"], one_per_image=True)
+    assert old.camera_graphs().built == 2 and not os.path.exists(tmp_path / "camera_graphs")  # built in memory
+    assert [[h.to_dict() for h in hits] for hits in without] == [[h.to_dict() for h in hits] for hits in with_graphs]
+
+
+def test_a_filter_is_computed_once_for_its_queries(monkeypatch):
+    """The row mask and search of a filter are reused by its next queries (the FILTER_CACHE_SIZE last
+    filters), and forgotten when rows are added."""
+    index = _three_cameras()
+    masks, searches = [], []
+    image_filter, filtered_search = index._image_filter, index._filtered_search
+    monkeypatch.setattr(index, "_image_filter", lambda *a: masks.append(1) or image_filter(*a))
+    monkeypatch.setattr(index, "_filtered_search", lambda *a: searches.append(1) or filtered_search(*a))
+    q = _unit(np.random.default_rng(8).normal(size=(2, 16)))
+    first = index.search(q, top_k=5, cameras=["cam1", "cam0"], since=T0)
+    assert index.search(q, top_k=5, cameras=["cam0", "cam1"], since=T0) == first  # same filter, any order
+    assert (len(masks), len(searches)) == (1, 1)
+    for n in range(index_module.FILTER_CACHE_SIZE):  # other filters push it out
+        index.search(q, top_k=5, since=T0 + n)
+    index.search(q, top_k=5, cameras=["cam1", "cam0"], since=T0)
+    assert len(masks) == index_module.FILTER_CACHE_SIZE + 2
+    index.add("cam0/late.jpg", -1, [[0, 0, 1, 1]], [0.9], _unit(q[:1]), camera="cam0", time=T0 + 1)
+    hits = index.search(q, top_k=5, cameras=["cam1", "cam0"], since=T0)
+    assert len(masks) == index_module.FILTER_CACHE_SIZE + 3 and hits[0][0].image == "cam0/late.jpg"
