@@ -25,7 +25,8 @@ def demo_run(tmp_path_factory):
     """{env, data, out, rows, config}: the synthetic dataset folder, the training's output folder and its metrics.json
     rows, after ITERS iterations (the step at 3/4 of them)."""
     base = tmp_path_factory.mktemp("e2e_demo")
-    env = dict(os.environ, DCINET_DATASETS=str(base / "datasets"), OMP_NUM_THREADS="2")
+    env = dict(os.environ, DCINET_DATASETS=str(base / "datasets"))
+    env.setdefault("OMP_NUM_THREADS", "2")  # the caller's setting wins (1 on a loaded machine)
     data, out = base / "datasets" / "synthetic_cuhk_sysu", base / "out"
     _run_python(["-m", "dcinet_d2.data.synthetic", "--out", str(data), "--format", "cuhk_sysu", "--seed", "7"], env)
     _run_python(["scripts/train_net.py", "--config-file", CONFIG, "OUTPUT_DIR", str(out),
