@@ -132,7 +132,7 @@ def merge(results: Sequence[Tuple[np.ndarray, np.ndarray]], k: int) -> Tuple[np.
 
 
 class CameraGraphs:
-    """One HNSW graph per camera holding more than FILTER_EXACT_MAX_ROWS rows, over that camera's rows.
+    """One HNSW graph per camera holding more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH rows, over its rows.
 
     Args:
         embeddings: float32 [N, D], the index's rows.
@@ -218,9 +218,10 @@ class CameraGraphs:
         and delete the folder's other graphs. Returns camera name -> file name (for the manifest)."""
         import faiss
 
-        files = {self.names[c]: f"{c}.faiss" for c in self.wanted()}
+        wanted = self.wanted()
+        files = {self.names[c]: f"{c}.faiss" for c in wanted}
         os.makedirs(folder, exist_ok=True)
-        for c in self.wanted():
+        for c in wanted:
             with atomic_open(os.path.join(folder, f"{c}.faiss"), "wb") as f:
                 f.write(faiss.serialize_index(self.graph(c)).tobytes())
         for name in os.listdir(folder):

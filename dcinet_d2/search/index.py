@@ -374,7 +374,7 @@ class GalleryIndex:
             self._camera_graphs = CameraGraphs(self.embeddings, codes[self.entry_image], list(names),
                                                lambda embeddings: build_faiss(embeddings, "hnsw"))
             saved = self._camera_graph_file
-            if self.path is not None and saved.get("digest") == self._camera_digest():
+            if saved and self.path is not None and saved.get("digest") == self._camera_digest():
                 self._camera_graphs.use_files(os.path.join(self.path, CAMERA_GRAPHS_FOLDER), saved["files"])
             elif saved:
                 logger.info("%s: the camera graphs are older than the rows; rebuilt when needed", self.path)
@@ -473,11 +473,12 @@ class GalleryIndex:
     def _save_camera_graphs(self, path):
         """Write the camera graphs of an HNSW index (built now where missing) unless ``path`` holds them for
         these rows already."""
-        digest = self._camera_digest()
         graphs = self.camera_graphs() if self.search_kind == "hnsw" else None
         if graphs is None or not graphs.wanted():
             self._camera_graph_file = {}
-        elif self._camera_graph_file.get("digest") != digest:  # (reset when saving a copy elsewhere)
+            return
+        digest = self._camera_digest()  # hashes every image key: only where graphs are kept
+        if self._camera_graph_file.get("digest") != digest:  # (reset when saving a copy elsewhere)
             files = graphs.write(os.path.join(path, CAMERA_GRAPHS_FOLDER))
             self._camera_graph_file = {"digest": digest, "files": files}
 
