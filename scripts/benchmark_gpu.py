@@ -71,7 +71,7 @@ def indexing_rows(args):
     rates = indexing_rates(config, weights, images=8 if args.tiny else 120, batch_sizes=(1, 4),
                            device=args.device)
     return [[f"demo model indexing (`{args.demo}`), batch {batch}, {n} synthetic gallery images",
-             f"{rate:.2f} images/s", ""] for batch, rate, n in rates]
+             f"{rate:.2f} images/s", ""] for batch, _, rate, n in rates]
 
 
 def main(argv=None):

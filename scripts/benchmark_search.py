@@ -330,14 +330,14 @@ def compressed_bench(args):
 
 
 def indexing_rates(config_file, weights, dataset="synth_cuhk_sysu_gallery", images=120, batch_sizes=(1, 2, 4, 8),
-                   det_thresh=None, device="cpu", opts=()):
-    """[(batch size, images per second, images)] of a trained model indexing a registered gallery (reading,
-    detection, embedding), as ``dcinet-search index`` runs it."""
-    import torch
+                   det_thresh=None, device="cpu", opts=(), workers=(1,)):
+    """[(batch size, workers, images per second, images)] of a trained model indexing a registered gallery
+    (reading, detection, embedding), as ``dcinet-search index`` runs it (``predicted_batches``)."""
 
     import dcinet_d2  # noqa: F401
     from dcinet_d2.cli import load_config
     from dcinet_d2.search import PersonSearchPredictor
+    from dcinet_d2.search.indexer import predicted_batches
     from dcinet_d2.search.sources import dataset_items
 
     cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device, *opts])
@@ -348,23 +348,23 @@ def indexing_rates(config_file, weights, dataset="synth_cuhk_sysu_gallery", imag
     items = list(items)[:images]
     rows = []
     for batch in batch_sizes:
-        predictor.predict_batch([items[0].load()] * batch)  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()  # predict_batch returns CPU tensors: the work is done
-        t = time.perf_counter()
-        for start in range(0, len(items), batch):
-            predictor.predict_batch([item.load() for item in items[start:start + batch]])
-        rows.append((batch, len(items) / (time.perf_counter() - t), len(items)))
-        print(f"| {batch} | {rows[-1][1]:.2f} | {len(items)} |", file=sys.stderr, flush=True)
+        for n in workers:
+            for _ in predicted_batches(predictor, items[:batch * n], batch, n):  # warm-up
+                pass
+            t = time.perf_counter()
+            for _ in predicted_batches(predictor, items, batch, n):
+                pass  # outputs are on the CPU: the work is done
+            rows.append((batch, n, len(items) / (time.perf_counter() - t), len(items)))
+            print(f"| {batch} | {n} | {rows[-1][2]:.2f} | {len(items)} |", file=sys.stderr, flush=True)
     return rows
 
 
 def indexing(args):
     rows = indexing_rates(args.config_file, args.weights, args.dataset, args.images, args.batch_sizes,
-                          args.det_thresh, args.device, args.opts)
-    print("| batch size | images/s | images |\n|---|---|---|")
-    for batch, rate, n in rows:
-        print(f"| {batch} | {rate:.2f} | {n} |")
+                          args.det_thresh, args.device, args.opts, args.workers)
+    print("| batch size | workers | images/s | images |\n|---|---|---|---|")
+    for batch, workers, rate, n in rows:
+        print(f"| {batch} | {workers} | {rate:.2f} | {n} |")
 
 
 def main(argv=None):
@@ -397,6 +397,8 @@ def main(argv=None):
                    help="the index's detection threshold (default: the config's TEST.PERSON_SEARCH.DET_THRESH); "
                         "negative: the config's MODEL.ROI_HEADS.SCORE_THRESH_TEST, every detection embedded")
     i.add_argument("--device", default="cpu")
+    i.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="forward passes at once (dcinet-search index --workers), each measured")
     i.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
     {"latency": latency, "compressed": compressed_bench, "indexing": indexing}[args.what](args)

@@ -1,7 +1,7 @@
 """The ``dcinet-search`` command: index a gallery, query it, describe an index.
 
     dcinet-search index --config-file CFG --weights W (--images DIR | --video FILE [--every N | --fps R] |
-                        --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--shard I/N]
+                        --dataset NAME) --out INDEX_DIR [--det-thresh T] [--batch-size B] [--workers W] [--shard I/N]
                         [--index-type auto|flat|hnsw|ivfpq]
     dcinet-search query --index INDEX_DIR --image Q.jpg --box X1,Y1,X2,Y2 [--top-k 10] [--json] [--vis OUT.png]
                         [--camera NAME ...] [--since ISO] [--until ISO] [--rerank K]
@@ -68,6 +68,9 @@ def _parser():
                    help="keep detections with at least this score (default: the config's TEST.PERSON_SEARCH."
                         "DET_THRESH)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=None,
+                   help="forward passes run at once, each on its share of the CPU threads (default: 1 on a GPU; "
+                        "on the CPU one per thread, at most 4)")
     p.add_argument("--checkpoint-every", type=int, default=64,
                    help="save the rows every N images (a killed build loses at most N images of work)")
     p.add_argument("--shard", type=_shard, default=(0, 1),
@@ -145,7 +148,7 @@ def _items(args):
 def _index_worker(args):
     from detectron2.utils import comm
 
-    from .indexer import finalize, index_items, open_index
+    from .indexer import default_workers, finalize, index_items, open_index
     from .predictor import PersonSearchPredictor
     from .sources import video_items
 
@@ -167,7 +170,8 @@ def _index_worker(args):
     summary = index_items(predictor, items, index, batch_size=args.batch_size,
                           checkpoint_every=args.checkpoint_every, shard=shard,
                           total=len(items) if isinstance(items, list) else None,
-                          progress=not args.quiet and rank == 0)
+                          progress=not args.quiet and rank == 0,
+                          workers=args.workers or default_workers(cfg.MODEL.DEVICE))
     summaries = comm.gather(summary)
     comm.synchronize()
     if rank != 0:
@@ -209,8 +213,8 @@ def _cmd_index(args):
     from ..distributed import launch
 
     check_threshold(args.det_thresh)
-    if args.batch_size < 1 or args.checkpoint_every < 1:
-        raise UsageError("--batch-size and --checkpoint-every must be at least 1")
+    if args.batch_size < 1 or args.checkpoint_every < 1 or (args.workers is not None and args.workers < 1):
+        raise UsageError("--batch-size, --workers and --checkpoint-every must be at least 1")
     if (args.every is not None or args.fps is not None or args.video_start) and not args.video:
         raise UsageError("--every, --fps and --video-start apply to --video only")
     if args.camera is not None and args.dataset:

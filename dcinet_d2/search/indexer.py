@@ -5,6 +5,7 @@ and the next build (same command) continues where it stopped. With ``shard=(i, n
 images whose key hashes to ``i`` modulo ``n``; n processes (Detectron2's ``launch``, or n separate commands)
 share one index folder, each writing its own parts, and a last plain run merges them (``finalize``).
 """
+import collections
 import errno
 import itertools
 import logging
@@ -14,8 +15,10 @@ import sys
 import time
 import uuid
 import zlib
-from typing import Dict, Iterable, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
+import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -26,7 +29,7 @@ from .sources import GalleryItem, UnreadableImage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_index", "index_items", "finalize", "few_detections_warning"]
+__all__ = ["open_index", "index_items", "predicted_batches", "default_workers", "finalize", "few_detections_warning"]
 
 # Above this share of indexed images without a detection, the model likely does not know the imagery.
 EMPTY_IMAGES_WARN = 0.5
@@ -94,12 +97,13 @@ def shard_of(key: Tuple[str, int], num_shards: int) -> int:
 
 def index_items(predictor, items: Iterable[GalleryItem], index: GalleryIndex, *, batch_size: int = 1,
                 checkpoint_every: int = 64, shard: Tuple[int, int] = (0, 1), total: Optional[int] = None,
-                progress: bool = True) -> Dict:
+                progress: bool = True, workers: int = 1) -> Dict:
     """Detect and embed every item not yet in ``index``, saving a part every ``checkpoint_every`` images.
 
     Args:
         predictor: a PersonSearchPredictor (its score threshold at or below ``index.det_thresh``).
         items: GalleryItems; those already indexed, or of another shard, are skipped unread.
+        workers: forward passes run at once (:func:`predicted_batches`).
     Returns:
         dict: ``indexed`` (images added), ``detections`` (rows added), ``empty`` (images added without a
         detection at or above the threshold), ``already`` (images skipped as indexed), ``skipped`` (list of
@@ -117,42 +121,88 @@ def index_items(predictor, items: Iterable[GalleryItem], index: GalleryIndex, *,
             elif shard[1] == 1 or shard_of(item.key, shard[1]) == shard[0]:
                 yield item
 
-    pending = iter(todo())
     with logging_redirect_tqdm():
-        _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar)
+        _run(predictor, todo(), index, batch_size, checkpoint_every, summary, bar, workers)
     bar.close()
     index.save(index.path)
     summary["seconds"] = time.perf_counter() - start
     return summary
 
 
-def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar):
+def _run(predictor, pending, index, batch_size, checkpoint_every, summary, bar, workers):
     since_save = 0
+    for batch, loaded, outputs in predicted_batches(predictor, pending, batch_size, workers, summary["skipped"]):
+        for (item, _), out in zip(loaded, outputs):
+            keep = out.scores >= index.det_thresh
+            index.add(item.image, item.frame, out.pred_boxes.tensor[keep].numpy(), out.scores[keep].numpy(),
+                      out.reid_embeddings[keep].numpy(), camera=item.camera, time=item.read_time())
+            summary["indexed"] += 1
+            summary["detections"] += int(keep.sum())
+            summary["empty"] += int(not keep.any())
+        since_save += len(loaded)
+        bar.update(len(batch))
+        if since_save >= checkpoint_every:
+            index.save(index.path)
+            since_save = 0
+
+
+def predicted_batches(predictor, items: Iterable[GalleryItem], batch_size: int = 1, workers: int = 1,
+                      skipped: Optional[list] = None) -> Iterator[Tuple[list, list, list]]:
+    """The model's outputs on ``items``, in their order: (batch of items, [(item, BGR image)] of those read,
+    [Instances] of those read). Unreadable images are logged and appended to ``skipped`` as (image, reason).
+
+    Images are read here, in order (a video's frames must be); with ``workers`` > 1 the forward passes of
+    that many batches run at once in threads, each op on 1 / ``workers`` of torch's intra-op threads: on a
+    CPU, small images keep several threads of one op waiting on each other (BENCHMARKS.md, "Indexing
+    throughput"), while separate batches do not. Outputs are those of a run with that many threads.
+    """
+    batches = _read_batches(items, batch_size, skipped if skipped is not None else [])
+    if workers <= 1:
+        for batch, loaded in batches:
+            yield batch, loaded, _predict(predictor, loaded)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="index") as pool:
+            running = collections.deque()
+            for batch, loaded in batches:
+                running.append((batch, loaded, pool.submit(_predict, predictor, loaded)))
+                if len(running) > workers:  # read one batch ahead of the workers, no more
+                    batch, loaded, outputs = running.popleft()
+                    yield batch, loaded, outputs.result()
+            while running:
+                batch, loaded, outputs = running.popleft()
+                yield batch, loaded, outputs.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _predict(predictor, loaded):
+    return predictor.predict_batch([image for _, image in loaded]) if loaded else []
+
+
+def _read_batches(items, batch_size, skipped):
+    """(batch of items, [(item, BGR image)] of those readable), ``batch_size`` items at a time."""
+    items = iter(items)
     while True:
-        batch = list(itertools.islice(pending, batch_size))
+        batch = list(itertools.islice(items, batch_size))
         if not batch:
-            break
+            return
         loaded = []
         for item in batch:
             try:
                 loaded.append((item, item.load()))
             except UnreadableImage as e:
                 logger.warning("skipped %s", e)
-                summary["skipped"].append((image_label(item.image, item.frame), e.reason))
-        if loaded:
-            outputs = predictor.predict_batch([image for _, image in loaded])
-            for (item, _), out in zip(loaded, outputs):
-                keep = out.scores >= index.det_thresh
-                index.add(item.image, item.frame, out.pred_boxes.tensor[keep].numpy(), out.scores[keep].numpy(),
-                          out.reid_embeddings[keep].numpy(), camera=item.camera, time=item.read_time())
-                summary["indexed"] += 1
-                summary["detections"] += int(keep.sum())
-                summary["empty"] += int(not keep.any())
-            since_save += len(loaded)
-        bar.update(len(batch))
-        if since_save >= checkpoint_every:
-            index.save(index.path)
-            since_save = 0
+                skipped.append((image_label(item.image, item.frame), e.reason))
+        yield batch, loaded
+
+
+def default_workers(device: str) -> int:
+    """Forward passes run at once when indexing: 1 on a GPU; on the CPU one per intra-op thread, at most 4
+    (each holds a batch's activations)."""
+    return 1 if str(device).startswith("cuda") else max(1, min(4, torch.get_num_threads()))
 
 
 def few_detections_warning(indexed: int, empty: int, det_thresh: float) -> Optional[str]:

@@ -118,3 +118,34 @@ def test_det_thresh_embeds_only_the_kept_detections_unchanged(predictor):
     torch.testing.assert_close(kept.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=0)
     torch.testing.assert_close(kept.scores, expected.scores, rtol=0, atol=0)
     torch.testing.assert_close(kept.reid_embeddings, expected.reid_embeddings, rtol=0, atol=1e-6)
+
+
+def test_workers_give_the_outputs_of_one_worker_in_order(predictor, gallery):
+    """Indexing with 2 workers (each on 1 of 2 intra-op threads) returns, batch by batch in the items' order,
+    the outputs of one worker on 1 thread, unreadable images skipped and named in both, torch's thread count
+    restored."""
+    from dcinet_d2.search.indexer import predicted_batches
+    from dcinet_d2.search.sources import folder_items
+
+    items = list(folder_items(str(gallery)))
+    threads = torch.get_num_threads()
+    try:
+        runs = {}
+        for workers, torch_threads in ((2, 2), (1, 1)):
+            torch.set_num_threads(torch_threads)
+            skipped = []
+            runs[workers] = (list(predicted_batches(predictor, items, 2, workers, skipped)), skipped)
+            assert torch.get_num_threads() == torch_threads
+    finally:
+        torch.set_num_threads(threads)
+    (two, skipped_two), (one, skipped_one) = runs[2], runs[1]
+    assert len(skipped_two) == 3 and skipped_two == skipped_one
+    assert [[i.key for i in b] for b, _, _ in two] == [[i.key for i in b] for b, _, _ in one] \
+        == [[i.key for i in items[s:s + 2]] for s in range(0, len(items), 2)]
+    outputs = [(item.key, out) for _, loaded, outs in two for (item, _), out in zip(loaded, outs)]
+    expected = [(item.key, out) for _, loaded, outs in one for (item, _), out in zip(loaded, outs)]
+    assert [k for k, _ in outputs] == [k for k, _ in expected] and len(outputs) == 8
+    assert sum(len(o) for _, o in outputs) > 0
+    for (_, a), (_, b) in zip(outputs, expected):
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.reid_embeddings, b.reid_embeddings)
