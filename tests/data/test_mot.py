@@ -185,41 +185,52 @@ def test_registered_names_and_the_datasets_folder(sequences, tmp_path):
 
 
 @pytest.mark.slow
-def test_label_train_search_end_to_end(sequences, tmp_path):
+def test_label_train_search_end_to_end(sequences, tmp_path, capsys):
     """The user's path: MOT sequences under datasets/mot/ -> train_net.py (a few CPU iterations of the ResNet-18
     config on mot_shop_train, then its evaluation on mot_shop_gallery) -> dcinet-eval equals the online
-    numbers -> dcinet-search index the gallery (cameras recorded) and query it for a person."""
+    numbers -> dcinet-search index the gallery (cameras recorded) and query it for a person. Training runs as a
+    user starts it; the two command lines run in this process (their own tests start them as programs)."""
+    from detectron2.data import DatasetCatalog
+
+    from dcinet_d2.evaluation.cli import main as dcinet_eval
+    from dcinet_d2.search.cli import main as dcinet_search
+
     os.makedirs(tmp_path / "datasets" / "mot")
     os.symlink(sequences, tmp_path / "datasets" / "mot" / "shop")
     env = dict(os.environ, DCINET_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="2")
     out = tmp_path / "output"
-
-    def run(args):
-        res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return res
-    run([sys.executable, "scripts/train_net.py", "--config-file", "configs/cpu/dcinet_r18_synth.yaml",
-         "DATASETS.TRAIN", "('mot_shop_train',)", "DATASETS.TEST", "('mot_shop_gallery',)", "SOLVER.MAX_ITER", "3",
-         "SOLVER.WARMUP_ITERS", "1", "OUTPUT_DIR", str(out), "TEST.PERSON_SEARCH.COCO_AP", "False"])
+    res = subprocess.run([sys.executable, "scripts/train_net.py", "--config-file", "configs/cpu/dcinet_r18_synth.yaml",
+                          "DATASETS.TRAIN", "('mot_shop_train',)", "DATASETS.TEST", "('mot_shop_gallery',)",
+                          "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "OUTPUT_DIR", str(out),
+                          "TEST.PERSON_SEARCH.COCO_AP", "False"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
     with open(out / "metrics.json") as f:
         online = [json.loads(line) for line in f if "search/mAP" in line][-1]
     results = out / "inference" / "mot_shop_gallery" / "search_results.pth"
     assert sorted(torch.load(results, weights_only=True)["gallery"]) == \
         [f"cam_a/img1/{i:06d}.jpg" for i in range(5, 9)] + [f"cam_b/img1/{i:06d}.jpg" for i in range(1, 5)]
-    offline = json.loads(run([sys.executable, "-m", "dcinet_d2.evaluation.cli", "--format", "mot", "--root",
-                              sequences, "--results", str(results), "--det-thresh", "0.5"]).stdout.splitlines()[-1])
+
+    def run(cli, args):
+        capsys.readouterr()
+        code = cli([str(a) for a in args])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err[-3000:]
+        return printed.out
+    offline = json.loads(run(dcinet_eval, ["--format", "mot", "--root", sequences, "--results", results,
+                                           "--det-thresh", "0.5"]).splitlines()[-1])
     assert offline["queries"] == 3
     for key in ("mAP", "top1", "det_ap"):
         assert offline[key] == pytest.approx(online[f"search/{key}"], abs=1e-3), key
-    search = [sys.executable, "-m", "dcinet_d2.search.cli"]
-    res = run(search + ["index", "--config-file", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
-                        "--dataset", "mot_shop_gallery", "--out", str(tmp_path / "index"), "--det-thresh", "0.0",
-                        "--quiet", "--device", "cpu"])
-    assert "indexed 8 images" in res.stdout
+    if "e2e_mot_shop_gallery" not in DatasetCatalog.list():  # the sequences the training read, in this process
+        register_mot("e2e_mot_shop", sequences)
+    printed = run(dcinet_search, ["index", "--config-file", out / "config.yaml", "--weights", out / "model_final.pth",
+                                  "--dataset", "e2e_mot_shop_gallery", "--out", tmp_path / "index", "--det-thresh",
+                                  "0.0", "--quiet", "--device", "cpu"])
+    assert "indexed 8 images" in printed
     x, y, w, h = _box(2, 5)
-    res = run(search + ["query", "--index", str(tmp_path / "index"), "--image",
-                        os.path.join(sequences, "cam_a", "img1", "000005.jpg"), "--box", f"{x},{y},{x + w},{y + h}",
-                        "--camera", "cam_b", "--top-k", "3", "--json"])
-    hits = json.loads(res.stdout)["hits"]
+    hits = json.loads(run(dcinet_search, ["query", "--index", tmp_path / "index", "--image",
+                                          os.path.join(sequences, "cam_a", "img1", "000005.jpg"), "--box",
+                                          f"{x},{y},{x + w},{y + h}", "--camera", "cam_b", "--top-k", "3",
+                                          "--json"]))["hits"]
     assert len(hits) == 3 and {h["camera"] for h in hits} == {"cam_b"}
     assert all(h["image"].startswith("cam_b/img1/") for h in hits)

@@ -21,6 +21,13 @@ def _run_python(args, env):
 
 
 @pytest.fixture(scope="session")
+def run_python():
+    """The tests' way to run `python ARGS` in the repository: ``run_python(args, env)`` returns the finished
+    process (stdout, stderr as text) and fails the test with the end of stderr when it exits non-zero."""
+    return _run_python
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """{env, data, out, rows, config}: the synthetic dataset folder, the training's output folder and its metrics.json
     rows, after ITERS iterations (the step at 3/4 of them)."""

@@ -17,10 +17,10 @@ TINY = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.REID.NUM_IDENTITIES",
 
 @pytest.mark.slow
 def test_recipe_scales_to_two_processes(tmp_path):
+    from dcinet_d2.data.synthetic import generate
+
     env = dict(os.environ, DCINET_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
-    data = tmp_path / "datasets" / "synthetic_cuhk_sysu"
-    subprocess.run([sys.executable, "-m", "dcinet_d2.data.synthetic", "--out", str(data), "--format", "cuhk_sysu",
-                    "--images", "60", "--identities", "12", "--size", "96x128"], check=True, env=env, cwd=ROOT)
+    generate(tmp_path / "datasets" / "synthetic_cuhk_sysu", "cuhk_sysu", identities=12, images=60, size=(96, 128))
     out = tmp_path / "out"
     res = subprocess.run([sys.executable, "scripts/train_net.py", "--config-file", "configs/cuhk_sysu/dcinet_r50.yaml",
                           "--num-gpus", "2", "OUTPUT_DIR", str(out), *TINY], env=env, cwd=ROOT, capture_output=True,

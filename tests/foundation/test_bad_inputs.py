@@ -243,12 +243,18 @@ def _synthetic(*args):
                           capture_output=True, text=True, env=ENV, timeout=300)
 
 
-def test_synthetic_out_is_a_file(tmp_path):
+def test_synthetic_out_is_a_file(tmp_path, capsys):
+    """As a program (exit code 2, one line on stderr), then in this process for a path under the file (a
+    second program start costs about 10 s)."""
     (tmp_path / "a_file").write_text("keep me")
-    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
-        res = _synthetic("--out", out)
-        assert res.returncode == 2
-        _one_error(res.stderr, out, "exists and is not a folder")
+    res = _synthetic("--out", tmp_path / "a_file")
+    assert res.returncode == 2
+    _one_error(res.stderr, tmp_path / "a_file", "exists and is not a folder")
+    out = tmp_path / "a_file" / "sub"
+    with pytest.raises(SystemExit) as e:
+        S.main(["--out", str(out), "--format", "prw", "--images", "24", "--identities", "6", "--size", "96x128"])
+    assert e.value.code == 2
+    _one_error(capsys.readouterr().err, out, "exists and is not a folder")
     assert (tmp_path / "a_file").read_text() == "keep me"
 
 

@@ -107,14 +107,21 @@ def test_bad_study_files_give_one_line(tmp_path, content, message):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+# The runner is under test, not the model: the smallest images the synthetic data and the ResNet-18 config
+# take, and no COCO AP (the table reads the search metrics only).
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", 128, "INPUT.MIN_SIZE_TEST", 96,
+         "INPUT.MAX_SIZE_TEST", 128, "TEST.PERSON_SEARCH.COCO_AP", False]
+
+
 @pytest.mark.slow
 def test_a_tiny_study_trains_skips_done_runs_and_tabulates(tmp_path):
-    data = tmp_path / "datasets" / "synthetic_cuhk_sysu"
+    from dcinet_d2.data.synthetic import generate
+
     env = dict(os.environ, DCINET_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="2")
-    subprocess.run([sys.executable, "-m", "dcinet_d2.data.synthetic", "--out", str(data), "--format", "cuhk_sysu",
-                    "--images", "60", "--identities", "8", "--seed", "0"], cwd=ROOT, env=env, check=True)
+    generate(tmp_path / "datasets" / "synthetic_cuhk_sysu", "cuhk_sysu", seed=0, identities=8, images=60,
+             size=(96, 128))
     path = _study(tmp_path, seeds=[1, 2], opts=["SOLVER.MAX_ITER", 4, "SOLVER.WARMUP_ITERS", 1,
-                                                   "TEST.PERSON_SEARCH.GALLERY_SIZES", "[50]"],
+                                                   "TEST.PERSON_SEARCH.GALLERY_SIZES", "[50]", *SMALL],
                   curves=["a"], gallery_sizes=[50, -1])
     study = run_study.load_study(path)
     study_file = yaml.safe_load(open(path))
@@ -129,6 +136,8 @@ def test_a_tiny_study_trains_skips_done_runs_and_tabulates(tmp_path):
     assert "| a | A | 2 |" in table
     for name in ("curves.png", "gallery_size.png", "table.csv"):
         assert os.path.getsize(os.path.join(study["out"], name)) > 0
+    its, m, _ = run_study.curves(study, study["runs"][0])  # both seeds' evaluations: after iteration 2, final
+    assert its.tolist() == [1, 4] and m.shape == (2, 2)
     done = json.load(open(os.path.join(study["out"], "a", "seed_2", "done.json")))
     assert done["metrics"]["iteration"] == 4 and "SEED" in done["command"]
     again = subprocess.run([*cmd, "run"], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -60,16 +60,20 @@ def test_each_clone_runs_its_own_code_with_one_shared_environment(tmp_path):
     assert res.returncode == 0, res.stderr
     env = dict(os.environ, DCINET_WHOAMI="1")
     own = os.path.realpath(clone / "dcinet_d2" / "__init__.py")
-    for cmd in ([str(clone / ".venv" / "bin" / "python"), "-c", "import dcinet_d2"],
-                [str(clone / ".venv" / "bin" / "dcinet-eval"), "--help"],
-                [str(clone / ".venv" / "bin" / "python"), str(clone / "scripts" / "train_net.py"), "--help"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
-        assert out.returncode == 0, (cmd, out.stderr)
-        assert f"DCINET_D2_FROM {own}" in out.stdout, (cmd, out.stdout)
+    entry_points = ([str(clone / ".venv" / "bin" / "python"), "-c", "import dcinet_d2"],
+                    [str(clone / ".venv" / "bin" / "dcinet-eval"), "--help"],
+                    [str(clone / ".venv" / "bin" / "python"), str(clone / "scripts" / "train_net.py"), "--help"])
     # This clone, started after the other's set-up, still runs this clone's code.
-    ours = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c",
-                           "import dcinet_d2, os; print(os.path.realpath(dcinet_d2.__file__))"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert ours.returncode == 0, ours.stderr
-    assert ours.stdout.strip() == os.path.realpath(os.path.join(ROOT, "dcinet_d2", "__init__.py"))
-    assert "DCINET_D2_FROM" not in ours.stdout
+    ours = [os.path.join(ROOT, ".venv", "bin", "python"), "-c",
+            "import dcinet_d2, os; print(os.path.realpath(dcinet_d2.__file__))"]
+    # All four at once (each is mostly imports, one core apiece), then each checked.
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+             for cmd in (*entry_points, ours)]
+    outputs = [proc.communicate() for proc in procs]
+    for cmd, proc, (out, err) in zip(entry_points, procs, outputs):
+        assert proc.returncode == 0, (cmd, err)
+        assert f"DCINET_D2_FROM {own}" in out, (cmd, out)
+    (out, err), proc = outputs[3], procs[3]
+    assert proc.returncode == 0, err
+    assert out.strip() == os.path.realpath(os.path.join(ROOT, "dcinet_d2", "__init__.py"))
+    assert "DCINET_D2_FROM" not in out
