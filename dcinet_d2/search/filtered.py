@@ -6,7 +6,8 @@ constant):
 
 - exact over the kept rows alone (``faiss.knn_inner_products_by_idx``): cost in proportion to the rows kept;
 - partition graphs (:class:`PartitionGraphs`), an HNSW graph per part of a partition of the rows, of an HNSW
-  index: per camera, and per slice of the time axis (TIME_SLICE_ROWS rows each). Each part holding kept rows
+  index: per camera, and per slice of the time axis (TIME_SLICE_ROWS rows each, in two cuts half a slice
+  apart, :func:`time_slices`). Each part holding kept rows
   has its own graph searched (with an ID selector over its rows when the filters keep only some of them),
   or its kept rows scanned exactly when fewer than a walk costs; the per-part top k merged by similarity.
   A camera filter keeps a few cameras' graphs, a time span a few slices' graphs;
@@ -54,10 +55,11 @@ GRAPH_ROWS_PER_EF = 90
 WALK_SHARE_PER_HALVING = 0.2
 # A partition graph's efSearch (widened like the whole graph's when the filters keep part of its rows).
 CAMERA_EF_SEARCH = 64
-# Rows of a time slice (the rows of known time, in time order, cut into slices of about this many).
-TIME_SLICE_ROWS = 12_500
+# Rows of a time slice (the rows of known time, in time order, cut into slices of about this many, and again
+# half a slice later: a span of up to half as many rows lies inside one slice of one cut).
+TIME_SLICE_ROWS = 50_000
 # None: the cheapest way; "exact", "cameras", "times" or "selector" force one (tests, benchmarks; "cameras" and
-# "times" fall back to the selector where no graph of that partition applies).
+# "times": the partitions whose name starts so, the cheaper plan of them, exact where no part's graph helps).
 FILTER_STRATEGY = None
 
 
@@ -68,18 +70,21 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     Args:
         structure: the index's faiss structure (HNSW, flat or compressed) over ``embeddings`` [N, D].
         ef_search: HNSW's efSearch unfiltered.
-        partitions: name ("cameras", "times") -> a function returning the index's :class:`PartitionGraphs` of
+        partitions: name ("cameras", "times", ...) -> a function returning the index's :class:`PartitionGraphs` of
             that partition (made only when an HNSW filter needs them).
     """
     import faiss
 
     hnsw = isinstance(structure, faiss.IndexHNSW)
-    planned = [] if not hnsw else [FILTER_STRATEGY] if FILTER_STRATEGY in partitions else \
-        list(partitions) if FILTER_STRATEGY is None and num_rows > walk_cost(CAMERA_EF_SEARCH, 0) else []
-    # (the last: no walk of a part costs less than scanning fewer rows)
+    if not hnsw:
+        planned = []
+    elif FILTER_STRATEGY is not None:
+        planned = [name for name in partitions if name.startswith(FILTER_STRATEGY)]
+    else:  # (with fewer rows kept than the cheapest walk, scanning them is cheaper than any part's plan)
+        planned = list(partitions) if num_rows > walk_cost(CAMERA_EF_SEARCH, 0) else []
     plans = {name: partitions[name]().plan(keep) for name in planned}
     if FILTER_STRATEGY is not None:
-        choice = FILTER_STRATEGY
+        choice = min(plans, key=lambda name: plans[name][2]) if plans else FILTER_STRATEGY
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
@@ -88,7 +93,7 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
         choice = min(costs, key=costs.get)
     if choice == "exact":
         return exact_search(embeddings, np.flatnonzero(keep))
-    if choice in plans and plans[choice][2] < math.inf:
+    if choice in plans:
         return partitions[choice]().search(keep, plans[choice])
     return selector_search(structure, keep, ef_search)
 
@@ -178,11 +183,11 @@ class PartitionGraphs:
         self.built = 0  # graphs built by this object (not read from a file)
 
     def wanted(self) -> List[int]:
-        """Parts that get a graph, when there are >= 2: those of more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH
-        rows (5,760: a smaller part is scanned exactly for about the cost of one walk of its graph)."""
-        if len(self.names) < 2:
-            return []
-        return [p for p, rows in enumerate(self.rows) if len(rows) > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH]
+        """Parts that get a graph: those of more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH rows (5,760: a smaller
+        part is scanned exactly for about the cost of one walk of its graph) and not of every row (the index's
+        own graph)."""
+        return [p for p, rows in enumerate(self.rows)
+                if GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH < len(rows) < len(self.row_parts)]
 
     def graph(self, part: int):
         """Part ``part``'s graph, built on first use when not read from a file."""
@@ -201,7 +206,7 @@ class PartitionGraphs:
         """(parts searched through their graph, parts whose kept rows are searched exactly, cost in rows of an
         exact scan) for the rows ``keep`` (bool [N]): a part holding kept rows walks its graph (efSearch widened
         by the share of the part kept) when that costs less than scanning its kept rows; kept rows in no part
-        are scanned (their cost included). The cost is inf when no part walks its graph."""
+        are scanned (their cost included)."""
         kept = np.bincount(self.row_parts[keep] + 1, minlength=len(self.names) + 1)
         with_graph = set(self.wanted())
         graphed, exact, cost = [], [], float(kept[0])
@@ -213,7 +218,7 @@ class PartitionGraphs:
             else:
                 exact.append(int(p))
                 cost += kept[p + 1]
-        return graphed, exact, cost if graphed else math.inf
+        return graphed, exact, cost
 
     def search(self, keep: np.ndarray, plan=None) -> Search:
         """A search over the rows ``keep`` (bool [N]) through the graphs of the parts holding them (built or
@@ -272,14 +277,19 @@ class PartitionGraphs:
         return graph
 
 
-def time_slices(row_times: np.ndarray, slice_rows: int = None) -> np.ndarray:
-    """Each row's time slice (int64 [N]; -1 for an unknown time, NaN): the rows of known time, in time order,
-    cut into round(n / ``slice_rows``) slices of equal rows (default TIME_SLICE_ROWS), numbered in time order."""
+def time_slices(row_times: np.ndarray, shifted: bool = False, slice_rows: int = None) -> np.ndarray:
+    """Each row's time slice (int64 [N], numbered in time order; -1: in none): the n rows of known time (not
+    NaN), in time order, cut into s = round(n / ``slice_rows``) slices of equal rows (default TIME_SLICE_ROWS);
+    ``shifted``: the s - 1 slices as long that start half a slice later (the first and last half slices in
+    none), so that any span of up to half a slice lies inside one slice of the two cuts."""
     slice_rows = slice_rows or TIME_SLICE_ROWS
     timed = np.flatnonzero(np.isfinite(row_times))
     order = timed[np.argsort(row_times[timed], kind="stable")]
+    n, count = max(len(order), 1), max(1, round(len(order) / slice_rows))
+    ranks = np.arange(len(order))
+    cut = (2 * ranks * count + n) // (2 * n) - 1 if shifted else ranks * count // n
     parts = np.full(len(row_times), -1, np.int64)
-    parts[order] = np.arange(len(order)) * max(1, round(len(order) / slice_rows)) // max(len(order), 1)
+    parts[order] = np.where(cut < count - shifted, cut, -1)
     return parts
 
 

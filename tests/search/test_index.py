@@ -364,7 +364,9 @@ def _force_time_slices(monkeypatch, rows_per_ef=0.05, slice_rows=90):
 
 # Per partition: how to force it, a filter walking only part 1's graph, and the folder of its graphs.
 PARTITIONS = {"cameras": (_force_camera_graphs, {"cameras": ["cam1"], "since": T0}, "camera_graphs", 3),
-              "times": (_force_time_slices, {"since": T0 + 60 * 45, "until": T0 + 60 * 65}, "time_graphs", 4)}
+              "times": (_force_time_slices, {"since": T0 + 60 * 45, "until": T0 + 60 * 65}, "time_graphs", 4),
+              "times shifted": (_force_time_slices, {"since": T0 + 60 * 60, "until": T0 + 60 * 90},
+                                "shifted_time_graphs", 3)}
 
 
 @pytest.mark.parametrize("name", list(PARTITIONS))
@@ -393,7 +395,7 @@ def test_partition_graphs_saved_loaded_reused_and_stale_ones_rebuilt(name, tmp_p
     stale = GalleryIndex.load(str(tmp_path))
     hits = stale.search(q, top_k=6, **filters)[0]
     graphs = stale.partition_graphs(name)
-    grown = 152 if name == "cameras" else 90  # cam1: 150 + 2 rows; time slice 1: 362 / 4 rows, 2 earlier ones
+    grown = {"cameras": 152, "times": 90, "times shifted": 91}[name]  # cam1: 150 + 2 rows; time slices: 362 / 4
     assert graphs.built == 1 and graphs.graphs[1].ntotal == len(graphs.rows[1]) == grown
     # The graph holds the part's rows now (the old file's rows were another set of as many, for time slice 1).
     np.testing.assert_array_equal(graphs.graphs[1].reconstruct_n(0, grown), stale.embeddings[graphs.rows[1]])
@@ -413,7 +415,8 @@ def test_index_without_partition_graphs_loads_and_answers_the_same(name, tmp_pat
     index = _three_cameras()
     index.save(str(tmp_path), compact=True, search_file=True)
     q = _unit(np.random.default_rng(7).normal(size=(3, 16)))
-    kw = {"cameras": ["cam0", "cam2"]} if name == "cameras" else {"since": T0 + 60 * 20, "until": T0 + 60 * 100}
+    kw = {"cameras": {"cameras": ["cam0", "cam2"]}, "times": {"since": T0 + 60 * 20, "until": T0 + 60 * 100},
+          "times shifted": filters}[name]
     with_graphs = GalleryIndex.load(str(tmp_path)).search(q, top_k=6, one_per_image=True, **kw)
     # As an index written before these graphs: no folder, no manifest entry (the other partition's kept).
     for f in os.listdir(tmp_path / folder):
@@ -424,19 +427,24 @@ def test_index_without_partition_graphs_loads_and_answers_the_same(name, tmp_pat
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     old = GalleryIndex.load(str(tmp_path))
     without = old.search(q, top_k=6, one_per_image=True, **kw)
-    assert old.partition_graphs(name).built == (2 if name == "cameras" else 3)  # built in memory, not written
+    assert old.partition_graphs(name).built == {"cameras": 2, "times": 3, "times shifted": 1}[name]  # in memory
     assert not os.path.exists(tmp_path / folder)
     assert [[h.to_dict() for h in hits] for hits in without] == [[h.to_dict() for h in hits] for hits in with_graphs]
-    other = next(n for n in PARTITIONS if n != name)
-    assert old.partition_graphs(other).files  # the other partition's graphs are still read from their files
+    for other in set(PARTITIONS) - {name}:  # the other partitions' graphs are still read from their files
+        assert old.partition_graphs(other).files
 
 
 def test_time_slices_cut_the_rows_of_known_time_in_time_order():
-    times = np.array([5.0, np.nan, 1.0, 3.0, 3.0, np.nan, 0.0, 9.0, 7.0, 2.0])
-    # 8 rows of known time: 2 slices of 4 (the two rows at time 3 split, the earlier row first)
-    assert filtered_module.time_slices(times, 4).tolist() == [1, -1, 0, 0, 1, -1, 0, 1, 1, 0]
-    assert filtered_module.time_slices(times, 100).tolist() == [0, -1, 0, 0, 0, -1, 0, 0, 0, 0]
-    assert filtered_module.time_slices(np.full(3, np.nan), 4).tolist() == [-1, -1, -1]
+    times = np.array([5.0, np.nan, 1.0, 3.0, 3.0, np.nan, 0.0, 9.0, 7.0, 2.0, 4.0, 8.0, 6.0, 10.0])
+    # 12 rows of known time: 3 slices of 4 in time order (the two rows at time 3 split, the earlier row first);
+    # shifted, 2 slices of 4 starting 2 rows later (the first and last 2 rows in none).
+    cut = filtered_module.time_slices(times, slice_rows=4).tolist()
+    assert cut == [1, -1, 0, 0, 1, -1, 0, 2, 2, 0, 1, 2, 1, 2]
+    assert filtered_module.time_slices(times, shifted=True, slice_rows=4).tolist() == \
+        [1, -1, -1, 0, 0, -1, -1, -1, 1, 0, 0, 1, 1, -1]
+    assert filtered_module.time_slices(times, slice_rows=100).tolist() == [0, -1] + [0] * 3 + [-1] + [0] * 8
+    assert filtered_module.time_slices(times, shifted=True, slice_rows=100).tolist() == [-1] * 14
+    assert filtered_module.time_slices(np.full(3, np.nan), slice_rows=4).tolist() == [-1, -1, -1]
 
 
 def _slice_times(index, part):
@@ -463,20 +471,24 @@ def test_time_slice_filters_equal_brute_force(shape, one, rows_per_ef, monkeypat
                "excluded images": {"since": s2, "exclude": [f"cam{i % 3}/img{i:03d}.jpg" for i in range(60, 100)]},
                "score threshold": {"since": s0, "until": (s3 + e3) / 2, "thresh": 0.6},
                "cameras only": {"cameras": ["cam1", "cam2"]}}[shape]
-    plans = []
-    plan = filtered_module.PartitionGraphs.plan
-    monkeypatch.setattr(filtered_module.PartitionGraphs, "plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    searched = []
+    search = filtered_module.PartitionGraphs.search
+    monkeypatch.setattr(filtered_module.PartitionGraphs, "search",
+                        lambda self, keep, plan: searched.append((self, plan)) or search(self, keep, plan))
     queries = _unit(np.random.default_rng(4).normal(size=(4, 16)))
     kw = {"cameras": filters.get("cameras"), "since": filters.get("since"), "until": filters.get("until"),
           "exclude_images": filters.get("exclude", ()), "det_thresh": filters.get("thresh")}
     results = index.search(queries, top_k=8, one_per_image=one, **kw)
-    graphed, exact, _ = plans[-1]
-    assert index.search_kind == "hnsw" and index.partition_graphs("times").built == len(graphed)
-    assert graphed == {"across borders": [0, 1, 2], "inside one slice": [1], "camera and span": [1, 2],
-                       "excluded images": [2, 3], "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}[
-        shape] if rows_per_ef == 0.05 or shape != "score threshold" else [0, 1, 2]
-    # At 0.5 rows a unit, the ~20 rows slice 3 keeps at the threshold cost less scanned than a walk at ef 160.
-    assert exact == ([3] if rows_per_ef == 0.5 and shape == "score threshold" else [])
+    (graphs, (graphed, exact, _)), = searched
+    assert index.search_kind == "hnsw" and graphs.built == len(graphed)
+    expected = {"across borders": [0, 1, 2], "inside one slice": [1], "camera and span": [1, 2],
+                "excluded images": [2, 3], "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
+    expected = {shape: ("time slice", parts, []) for shape, parts in expected.items()}
+    if rows_per_ef == 0.5:  # walks cost more: the shifted cut holds the span in 2 slices (a few rows in a third,
+        # scanned), and the ~20 rows slice 3 keeps at the threshold cost less scanned than a walk at ef 160
+        expected.update({"across borders": ("shifted time slice", [0, 1], [2]),
+                         "score threshold": ("time slice", [0, 1, 2], [3])})
+    assert (graphs.what, graphed, exact) == expected[shape]
     if shape == "cameras only":  # rows of unknown time, in no slice, are scanned
         assert any(h.time is None for hits in results for h in hits)
     for q, hits in zip(queries, results):
