@@ -460,7 +460,8 @@ class GalleryIndex:
         Args:
             compact: rewrite all rows as one part and delete the others (after a build).
             search_file: also write the faiss structure (``search.faiss``) for fast loading, and with an HNSW
-                structure the per-camera and per-time-slice graphs (``camera_graphs/``, ``time_graphs/``)
+                structure the per-camera and per-time-slice graphs (``camera_graphs/``, ``time_graphs/``,
+                ``shifted_time_graphs/``)
                 that filters search.
         """
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
