@@ -194,7 +194,7 @@ def main(argv=None):
           f"D = {args.dim}, search: {index.search_kind} (built in {structure_s:.1f} s, {structure_bytes / 2**20:.0f} "
           f"MiB), threads: {faiss.omp_get_max_threads()}; {'; '.join(built)}. The rule: the cheapest by cost in "
           f"rows of an exact scan (exact: the rows kept; a graph walk: {chosen['GRAPH_ROWS_PER_EF']} a unit of "
-          f"efSearch in a graph of 100,000 rows, {filtered.WALK_SHARE_PER_HALVING:.0%} less a halving of its rows): "
+          f"efSearch): "
           f"exact, camera graphs or time-slice graphs ({chosen['TIME_SLICE_ROWS']:,} rows a slice; efSearch "
           f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {chosen['FILTER_EF_PER_SHARE']} / "
           f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']})\n")

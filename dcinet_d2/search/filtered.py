@@ -15,9 +15,9 @@ constant):
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
 
 Over HNSW the cheapest is taken by a cost model in one unit, rows of an exact scan: exact costs the rows
-kept, a graph walk GRAPH_ROWS_PER_EF rows per unit of its efSearch in a graph of 100,000 rows or more, less in
-a smaller one (:func:`walk_cost`). Over flat or compressed structures: exact up to FILTER_EXACT_MAX_ROWS kept
-rows, else the selector.
+kept, a graph walk GRAPH_ROWS_PER_EF rows per unit of its efSearch (measured: as much in a graph of 25,000 rows
+as in one of 100,000, their vectors no longer in the cache when several graphs are walked). Over flat or
+compressed structures: exact up to FILTER_EXACT_MAX_ROWS kept rows, else the selector.
 
 Every search here is ``(queries [q, D] float32, k) -> (similarities float32 [q, k], rows int64 [q, k])``,
 best first, row -1 (similarity -inf) past the last match.
@@ -34,8 +34,8 @@ from ..fileio import atomic_open
 logger = logging.getLogger(__name__)
 
 __all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "GRAPH_ROWS_PER_EF",
-           "WALK_SHARE_PER_HALVING", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "FILTER_STRATEGY", "PartitionGraphs",
-           "filtered_search", "exact_search", "selector_search", "widened_ef", "walk_cost", "time_slices", "merge"]
+           "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "FILTER_STRATEGY", "PartitionGraphs", "filtered_search",
+           "exact_search", "selector_search", "widened_ef", "time_slices", "merge"]
 
 Search = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
@@ -46,18 +46,14 @@ FILTER_EXACT_MAX_ROWS = 10_000
 # kept, 128 at 25%, 256 at 12.5%).
 FILTER_MAX_EF_SEARCH = 256
 FILTER_EF_PER_SHARE = 40
-# The cost of an HNSW search per unit of efSearch, in rows of an exact scan, in a graph of 100,000 rows or more
-# (both nearly linear: at D = 256, 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk
-# about 0.0065 ms a unit of efSearch) ...
+# The cost of an HNSW search per unit of efSearch, in rows of an exact scan (both nearly linear: at D = 256,
+# 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk about 0.0065 ms a unit of efSearch).
 GRAPH_ROWS_PER_EF = 90
-# ... and WALK_SHARE_PER_HALVING less for each halving of a graph's rows below 100,000 (at most 70% less: a
-# small graph's walk stays in the cache; measured at efSearch 64, 25,000 rows cost 0.6 of 100,000, 12,500 0.35).
-WALK_SHARE_PER_HALVING = 0.2
 # A partition graph's efSearch (widened like the whole graph's when the filters keep part of its rows).
 CAMERA_EF_SEARCH = 64
 # Rows of a time slice (the rows of known time, in time order, cut into slices of about this many, and again
 # half a slice later: a span of up to half as many rows lies inside one slice of one cut).
-TIME_SLICE_ROWS = 50_000
+TIME_SLICE_ROWS = 25_000
 # None: the cheapest way; "exact", "cameras", "times" or "selector" force one (tests, benchmarks; "cameras" and
 # "times": the partitions whose name starts so, the cheaper plan of them, exact where no part's graph helps).
 FILTER_STRATEGY = None
@@ -81,14 +77,14 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     elif FILTER_STRATEGY is not None:
         planned = [name for name in partitions if name.startswith(FILTER_STRATEGY)]
     else:  # (with fewer rows kept than the cheapest walk, scanning them is cheaper than any part's plan)
-        planned = list(partitions) if num_rows > walk_cost(CAMERA_EF_SEARCH, 0) else []
+        planned = list(partitions) if num_rows > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH else []
     plans = {name: partitions[name]().plan(keep) for name in planned}
     if FILTER_STRATEGY is not None:
         choice = min(plans, key=lambda name: plans[name][2]) if plans else FILTER_STRATEGY
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
-        costs = {"exact": num_rows, "selector": walk_cost(widened_ef(ef_search, num_rows / len(keep)), len(keep)),
+        costs = {"exact": num_rows, "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
                  **{name: plan[2] for name, plan in plans.items()}}
         choice = min(costs, key=costs.get)
     if choice == "exact":
@@ -96,12 +92,6 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     if choice in plans:
         return partitions[choice]().search(keep, plans[choice])
     return selector_search(structure, keep, ef_search)
-
-
-def walk_cost(ef_search: int, rows: int) -> float:
-    """The cost of an HNSW search at ``ef_search`` in a graph of ``rows`` rows, in rows of an exact scan."""
-    halvings = math.log2(100_000 / rows) if rows > 0 else math.inf
-    return GRAPH_ROWS_PER_EF * ef_search * max(0.3, 1 - WALK_SHARE_PER_HALVING * max(0.0, halvings))
 
 
 def widened_ef(ef_search: int, share: float) -> int:
@@ -211,7 +201,7 @@ class PartitionGraphs:
         with_graph = set(self.wanted())
         graphed, exact, cost = [], [], float(kept[0])
         for p in np.flatnonzero(kept[1:]):
-            walk = walk_cost(widened_ef(CAMERA_EF_SEARCH, kept[p + 1] / len(self.rows[p])), len(self.rows[p]))
+            walk = GRAPH_ROWS_PER_EF * widened_ef(CAMERA_EF_SEARCH, kept[p + 1] / len(self.rows[p]))
             if p in with_graph and walk < kept[p + 1]:
                 graphed.append(int(p))
                 cost += walk

@@ -221,11 +221,11 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
 ])
 def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
-    efSearch, x 0.3 in graphs this small) picks the cheapest way, and each finds the brute-force top k of the
+    efSearch) picks the cheapest way, and each finds the brute-force top k of the
     kept rows on clustered data. 3,000 rows, 4 cameras of 750, time slices of 750 rows:
-    - cam0: exact (750 rows against a walk of 90 x 64 x 0.3), its graph (4 x 64 x 0.3 against 750 rows and the
-      whole graph at ef 160), 3 cameras: the whole graph (4 x 64 x 0.3 against 3 camera walks);
-    - the span of slice 0: exact (750 rows), its graph (4 x 64 x 0.3 against the whole graph at ef 160 and 4
+    - cam0: exact (750 rows against a walk of 90 x 64), its graph (4 x 64 against 750 rows and the whole graph
+      at ef 160), 3 cameras: the whole graph (4 x 64 against 3 camera walks);
+    - the span of slice 0: exact (750 rows), its graph (4 x 64 against the whole graph at ef 160 and 4
       cameras at ef 160); with 2 cameras (slice 0 half kept: ef 80, against 2 cameras at ef 160 and the whole
       graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64)."""
     import faiss
@@ -481,12 +481,15 @@ def test_time_slice_filters_equal_brute_force(shape, one, rows_per_ef, monkeypat
     results = index.search(queries, top_k=8, one_per_image=one, **kw)
     (graphs, (graphed, exact, _)), = searched
     assert index.search_kind == "hnsw" and graphs.built == len(graphed)
-    expected = {"across borders": [0, 1, 2], "inside one slice": [1], "camera and span": [1, 2],
-                "excluded images": [2, 3], "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
+    expected = {"inside one slice": [1], "camera and span": [1, 2], "excluded images": [2, 3],
+                "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
     expected = {shape: ("time slice", parts, []) for shape, parts in expected.items()}
-    if rows_per_ef == 0.5:  # walks cost more: the shifted cut holds the span in 2 slices (a few rows in a third,
-        # scanned), and the ~20 rows slice 3 keeps at the threshold cost less scanned than a walk at ef 160
-        expected.update({"across borders": ("shifted time slice", [0, 1], [2]),
+    # The shifted cut holds the span in 2 slices (the 3 rows it keeps of a third scanned) where the first cut
+    # needs 3 walks.
+    expected["across borders"] = ("shifted time slice", [0, 1], [2])
+    if rows_per_ef == 0.5:  # walks cost more: the few rows slice 2 keeps (40 images excluded) and slice 3 keeps
+        # (half a slice at the threshold) cost less scanned than walks at their widened efSearch
+        expected.update({"excluded images": ("time slice", [3], [2]),
                          "score threshold": ("time slice", [0, 1, 2], [3])})
     assert (graphs.what, graphed, exact) == expected[shape]
     if shape == "cameras only":  # rows of unknown time, in no slice, are scanned
