@@ -1,16 +1,16 @@
 """Filtered search: the rows a query's filters keep (cameras, a time span, excluded images, a score threshold)
 searched inside faiss, never over-fetched and dropped.
 
-Four ways (:func:`filtered_search` picks one; BENCHMARKS.md "Filtered search" has the numbers behind each
-constant):
+Three kinds of search (:func:`filtered_search` picks one; BENCHMARKS.md "Filtered search" has the numbers
+behind each constant):
 
 - exact over the kept rows alone (``faiss.knn_inner_products_by_idx``): cost in proportion to the rows kept;
-- partition graphs (:class:`PartitionGraphs`), an HNSW graph per part of a partition of the rows, of an HNSW
-  index: per camera, and per slice of the time axis (TIME_SLICE_ROWS rows each, in two cuts half a slice
-  apart, :func:`time_slices`). Each part holding kept rows
-  has its own graph searched (with an ID selector over its rows when the filters keep only some of them),
-  or its kept rows scanned exactly when fewer than a walk costs; the per-part top k merged by similarity.
-  A camera filter keeps a few cameras' graphs, a time span a few slices' graphs;
+- partition graphs (:class:`PartitionGraphs`), over an HNSW index: an HNSW graph per part of a partition of
+  the rows, for three partitions: the cameras, and slices of the time axis (TIME_SLICE_ROWS rows each) in two
+  cuts half a slice apart (:func:`time_slices`). Each part holding kept rows has its own graph searched (with
+  an ID selector over its rows when the filters keep only some of them), or its kept rows scanned exactly
+  when fewer than a walk costs; the per-part top k merged by similarity. A camera filter walks a few
+  cameras' graphs, a time span a few slices' graphs;
 - the index's own structure with an ID selector, HNSW's efSearch widened as the share kept falls (its walk
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
 
