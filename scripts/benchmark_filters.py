@@ -2,21 +2,24 @@
 """The cost of a filtered gallery query (cameras, a time span) against an unfiltered one, on this machine.
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8] \
-        [--layout round-robin|contiguous] [--max-ef 256] [--ef-per-share 32 40 48 64]
+        [--layout round-robin|contiguous] [--max-ef 256] [--ef-per-share 32 40 48 64] [--slice-rows 25000 50000]
 
 Embeddings as scripts/benchmark_search.py draws them (identities of 10 noisy views, identity directions in a
 32-dimensional subspace), 10 boxes an image. --layout round-robin: image i of camera ``cam{i % cameras}``
 taken at i seconds; contiguous (as a real gallery, whose rows are sorted by path and a camera is a folder or
 a video): the images of a camera are consecutive, each camera covering the same span of time (image j of a
-camera taken at j seconds). The index's own search structure (HNSW from 100,000 boxes) and its camera graphs
-(built first, their build time and bytes reported). For each filter: the share of boxes it selects,
+camera taken at j seconds). The index's own search structure (HNSW from 100,000 boxes), its camera graphs and
+its time-slice graphs (built first, their build time and bytes reported). The time spans start at time 0 (a
+slice border) unless "from X%" says where. For each filter: the share of boxes it selects,
 single-query p50 / p95 through ``GalleryIndex.search`` (top 10, ``Hit`` objects included; the filter's mask
 and search reused, as for a reviewer's many queries with one filter), the ratio to the unfiltered p50,
 recall@10 against exact search over the selected rows, the p50 of a filter's first query (nothing reused)
 and of the row mask alone; then the same with each strategy of the filtered search forced (exact over the
-kept rows; the camera graphs at each --camera-ef, every camera holding kept rows walked; the structure with
-the ID selector, efSearch = each --ef-per-share / share, at least 64, up to each --max-ef), to show where the cost
-goes and where the rule (the constants of dcinet_d2/search/filtered.py) comes from.
+kept rows; the camera graphs at each --camera-ef, every camera holding kept rows walked; the time-slice graphs
+with slices of each --slice-rows; the structure with the ID selector,
+efSearch = each --ef-per-share / share, at least 64, up to each --max-ef), to show where the cost goes and where
+the rule (the constants of dcinet_d2/search/filtered.py) comes from. The time-slice graphs forced take the cheaper
+of the two cuts (filtered.time_slices), a slice walked or scanned as the cost model has it.
 Prints Markdown tables for BENCHMARKS.md.
 """
 import argparse
@@ -51,15 +54,18 @@ def build_index(embeddings, cameras, layout):
 def filters(index, cameras):
     """(name, search keywords) of the measured filters."""
     end = max(index.times) + 1
-    span = lambda share: {"since": 0.0, "until": end * share - 1}  # noqa: E731
+    span = lambda share, start=0.0: {"since": end * start, "until": end * (start + share) - 1}  # noqa: E731
     some = lambda n: {"cameras": [f"cam{i}" for i in range(n)]}  # noqa: E731
     return [("none", {}),
             (f"{cameras // 2} cameras of {cameras}", some(cameras // 2)),
             (f"2 cameras of {cameras}", some(2)),
             (f"1 camera of {cameras}", some(1)),
             ("time: 50%", span(0.5)),
+            ("time: 50%, from 25%", span(0.5, 0.25)),
             ("time: 25%", span(0.25)),
+            ("time: 25%, from 40%", span(0.25, 0.4)),
             ("time: 20%", span(0.2)),
+            ("time: 20%, from 33%", span(0.2, 0.33)),
             ("time: 10%", span(0.1)),
             ("time: 1%", span(0.01)),
             ("time: 0.1%", span(0.001)),
@@ -104,17 +110,23 @@ def measure(index, queries, kw, repeats, recall_queries, first_queries=50):
             np.percentile(firsts, 50) * 1e3, np.percentile(masks, 50) * 1e3)
 
 
-def build_camera_graphs(index):
-    """Build every camera graph the index wants; (seconds, bytes of the graphs, boxes in them)."""
+def build_graphs(index, name):
+    """Build every graph of partition ``name`` ("cameras", "times") the index wants; (seconds, bytes of the
+    graphs, boxes in them)."""
     import faiss
 
     t = time.perf_counter()
-    graphs = index.camera_graphs()
-    for c in graphs.wanted():
-        graphs.graph(c)
+    graphs = index.partition_graphs(name)
+    for p in graphs.wanted():
+        graphs.graph(p)
     seconds = time.perf_counter() - t
-    size = sum(faiss.serialize_index(graphs.graph(c)).nbytes for c in graphs.wanted())
-    return seconds, size, sum(len(graphs.rows[c]) for c in graphs.wanted())
+    size = sum(faiss.serialize_index(graphs.graph(p)).nbytes for p in graphs.wanted())
+    return seconds, size, sum(len(graphs.rows[p]) for p in graphs.wanted())
+
+
+def describe(what, seconds, size, boxes, index):
+    return (f"{what}: {boxes:,} boxes, built in {seconds:.1f} s, {size / 2**20:.0f} MiB ({size / index.num_boxes:.0f} "
+            f"bytes a box of the index)")
 
 
 def main(argv=None):
@@ -131,6 +143,8 @@ def main(argv=None):
                         help="also time every filter with the camera graphs forced, at each of these efSearch")
     parser.add_argument("--ef-per-share", type=int, nargs="*", default=[32, 40, 48, 64],
                         help="... and efSearch = each of these / share kept")
+    parser.add_argument("--slice-rows", type=int, nargs="*", default=[25_000, 50_000],
+                        help="also time every filter with the time-slice graphs forced, slices of each of these rows")
     args = parser.parse_args(argv)
     import faiss
 
@@ -146,21 +160,30 @@ def main(argv=None):
     t = time.perf_counter()
     index.search(queries[0], top_k=10)  # builds the search structure
     structure_s, structure_bytes = time.perf_counter() - t, faiss.serialize_index(index.search_structure()).nbytes
-    graphs_s, graphs_bytes, graphs_boxes = build_camera_graphs(index)
+    built = [describe("camera graphs", *build_graphs(index, "cameras"), index)]
     knobs = ("FILTER_STRATEGY", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "GRAPH_ROWS_PER_EF",
-             "CAMERA_EF_SEARCH")
+             "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS")
     chosen = {key: getattr(filtered, key) for key in knobs}
     strategies = [("the index's choice", chosen),
                   ("exact over the kept rows", dict(chosen, FILTER_STRATEGY="exact"))]
     strategies += [(f"camera graphs, ef {ef}", dict(chosen, FILTER_STRATEGY="cameras", GRAPH_ROWS_PER_EF=0,
                                                     CAMERA_EF_SEARCH=ef)) for ef in args.camera_ef]
+    strategies += [(f"time slices of {rows:,} rows", dict(chosen, FILTER_STRATEGY="times", TIME_SLICE_ROWS=rows))
+                   for rows in args.slice_rows]
     strategies += [(f"selector, ef {e} / share up to {ef}",
                     dict(chosen, FILTER_STRATEGY="selector", FILTER_MAX_EF_SEARCH=ef, FILTER_EF_PER_SHARE=e))
                    for e in args.ef_per_share for ef in args.max_ef]
-    table = {}
+    table, slice_rows = {}, None
     for title, values in strategies:
         for key, value in values.items():
             setattr(filtered, key, value)
+        if slice_rows != filtered.TIME_SLICE_ROWS:  # time slices of another size: built now, not in a timed query
+            slice_rows = filtered.TIME_SLICE_ROWS
+            for name in ("times", "times shifted"):
+                index._graphs.pop(name, None)
+                made = describe(f"{name.replace('times', 'time-slice')} graphs of {slice_rows:,} rows",
+                                *build_graphs(index, name), index)
+                built += [made] if made.split(":")[0] not in {b.split(":")[0] for b in built} else []
         for name, kw in filters(index, args.cameras):
             table[title, name] = measure(index, queries, kw, args.repeats, args.recall_queries)
             print(title, name, table[title, name], file=sys.stderr, flush=True)
@@ -169,10 +192,10 @@ def main(argv=None):
     names = [n for n, _ in filters(index, args.cameras)]
     print(f"{index.num_boxes:,} boxes, {index.num_images:,} images, {args.cameras} cameras ({args.layout}), "
           f"D = {args.dim}, search: {index.search_kind} (built in {structure_s:.1f} s, {structure_bytes / 2**20:.0f} "
-          f"MiB), threads: {faiss.omp_get_max_threads()}; camera graphs: {graphs_boxes:,} boxes, built in "
-          f"{graphs_s:.1f} s, {graphs_bytes / 2**20:.0f} MiB ({graphs_bytes / index.num_boxes:.0f} bytes a box of "
-          f"the index). The rule: the cheapest by cost in rows of an exact scan (exact: the rows kept; a graph walk: "
-          f"{chosen['GRAPH_ROWS_PER_EF']} a unit of efSearch): exact, camera graphs (efSearch "
+          f"MiB), threads: {faiss.omp_get_max_threads()}; {'; '.join(built)}. The rule: the cheapest by cost in "
+          f"rows of an exact scan (exact: the rows kept; a graph walk: {chosen['GRAPH_ROWS_PER_EF']} a unit of "
+          f"efSearch): "
+          f"exact, camera graphs or time-slice graphs ({chosen['TIME_SLICE_ROWS']:,} rows a slice; efSearch "
           f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {chosen['FILTER_EF_PER_SHARE']} / "
           f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']})\n")
     base = table[strategies[0][0], "none"][1]

@@ -1,19 +1,23 @@
 """Filtered search: the rows a query's filters keep (cameras, a time span, excluded images, a score threshold)
 searched inside faiss, never over-fetched and dropped.
 
-Three ways (:func:`filtered_search` picks one; BENCHMARKS.md "Filtered search" has the numbers behind each
-constant):
+Three kinds of search (:func:`filtered_search` picks one; BENCHMARKS.md "Filtered search" has the numbers
+behind each constant):
 
 - exact over the kept rows alone (``faiss.knn_inner_products_by_idx``): cost in proportion to the rows kept;
-- per-camera HNSW graphs (:class:`CameraGraphs`), when the kept rows lie in a few cameras of an HNSW index:
-  each selected camera's own graph is searched (with an ID selector over its rows when other filters narrow
-  it further) and the per-camera top k merged by similarity;
+- partition graphs (:class:`PartitionGraphs`), over an HNSW index: an HNSW graph per part of a partition of
+  the rows, for three partitions: the cameras, and slices of the time axis (TIME_SLICE_ROWS rows each) in two
+  cuts half a slice apart (:func:`time_slices`). Each part holding kept rows has its own graph searched (with
+  an ID selector over its rows when the filters keep only some of them), or its kept rows scanned exactly
+  when fewer than a walk costs; the per-part top k merged by similarity. A camera filter walks a few
+  cameras' graphs, a time span a few slices' graphs;
 - the index's own structure with an ID selector, HNSW's efSearch widened as the share kept falls (its walk
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
 
 Over HNSW the cheapest is taken by a cost model in one unit, rows of an exact scan: exact costs the rows
-kept, a graph search GRAPH_ROWS_PER_EF rows per unit of its efSearch. Over flat or compressed structures:
-exact up to FILTER_EXACT_MAX_ROWS kept rows, else the selector.
+kept, a graph walk GRAPH_ROWS_PER_EF rows per unit of its efSearch (measured: as much in a graph of 25,000 rows
+as in one of 100,000, their vectors no longer in the cache when several graphs are walked). Over flat or
+compressed structures: exact up to FILTER_EXACT_MAX_ROWS kept rows, else the selector.
 
 Every search here is ``(queries [q, D] float32, k) -> (similarities float32 [q, k], rows int64 [q, k])``,
 best first, row -1 (similarity -inf) past the last match.
@@ -30,8 +34,8 @@ from ..fileio import atomic_open
 logger = logging.getLogger(__name__)
 
 __all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "GRAPH_ROWS_PER_EF",
-           "CAMERA_EF_SEARCH", "FILTER_STRATEGY", "CameraGraphs", "filtered_search", "exact_search",
-           "selector_search", "widened_ef", "merge"]
+           "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "FILTER_STRATEGY", "PartitionGraphs", "filtered_search",
+           "exact_search", "selector_search", "widened_ef", "time_slices", "merge"]
 
 Search = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
@@ -45,38 +49,48 @@ FILTER_EF_PER_SHARE = 40
 # The cost of an HNSW search per unit of efSearch, in rows of an exact scan (both nearly linear: at D = 256,
 # 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk about 0.0065 ms a unit of efSearch).
 GRAPH_ROWS_PER_EF = 90
-# A camera graph's efSearch (widened like the whole graph's when a selector narrows the camera).
+# A partition graph's efSearch (widened like the whole graph's when the filters keep part of its rows).
 CAMERA_EF_SEARCH = 64
-# None: the cheapest way; "exact", "cameras" or "selector" force one (tests, benchmarks; "cameras" falls back
-# to the selector where no camera graph applies).
+# Rows of a time slice (the rows of known time, in time order, cut into slices of about this many, and again
+# half a slice later: a span of up to half as many rows lies inside one slice of one cut).
+TIME_SLICE_ROWS = 25_000
+# None: the cheapest way; "exact", "cameras", "times" or "selector" force one (tests, benchmarks; "cameras" and
+# "times": the partitions whose name starts so, the cheaper plan of them, exact where no part's graph helps).
 FILTER_STRATEGY = None
 
 
 def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_rows: int, ef_search: int,
-                    camera_graphs: Callable[[], "CameraGraphs"]) -> Search:
+                    partitions: Dict[str, Callable[[], "PartitionGraphs"]]) -> Search:
     """The search over the ``num_rows`` rows ``keep`` (bool [N]) selects, the cheapest way (module docstring).
 
     Args:
         structure: the index's faiss structure (HNSW, flat or compressed) over ``embeddings`` [N, D].
         ef_search: HNSW's efSearch unfiltered.
-        camera_graphs: returns the index's :class:`CameraGraphs` (made only when an HNSW filter needs them).
+        partitions: name ("cameras", "times", ...) -> a function returning the index's :class:`PartitionGraphs` of
+            that partition (made only when an HNSW filter needs them).
     """
     import faiss
 
     hnsw = isinstance(structure, faiss.IndexHNSW)
+    if not hnsw:
+        planned = []
+    elif FILTER_STRATEGY is not None:
+        planned = [name for name in partitions if name.startswith(FILTER_STRATEGY)]
+    else:  # (with fewer rows kept than the cheapest walk, scanning them is cheaper than any part's plan)
+        planned = list(partitions) if num_rows > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH else []
+    plans = {name: partitions[name]().plan(keep) for name in planned}
     if FILTER_STRATEGY is not None:
-        choice = FILTER_STRATEGY
+        choice = min(plans, key=lambda name: plans[name][2]) if plans else FILTER_STRATEGY
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
-        costs = {"exact": num_rows, "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep))}
-        if num_rows > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH:  # else no camera plan can cost less than exact
-            costs["cameras"] = camera_graphs().cost(keep)
+        costs = {"exact": num_rows, "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
+                 **{name: plan[2] for name, plan in plans.items()}}
         choice = min(costs, key=costs.get)
     if choice == "exact":
         return exact_search(embeddings, np.flatnonzero(keep))
-    if choice == "cameras" and hnsw and camera_graphs().cost(keep) < math.inf:
-        return camera_graphs().search(keep)
+    if choice in plans:
+        return partitions[choice]().search(keep, plans[choice])
     return selector_search(structure, keep, ef_search)
 
 
@@ -131,82 +145,82 @@ def merge(results: Sequence[Tuple[np.ndarray, np.ndarray]], k: int) -> Tuple[np.
     return np.take_along_axis(sims, top, 1), np.take_along_axis(ids, top, 1)
 
 
-class CameraGraphs:
-    """One HNSW graph per camera holding more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH rows, over its rows.
+class PartitionGraphs:
+    """One HNSW graph per part of a partition of the rows (the cameras, or slices of the time axis) holding
+    more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH rows, over its rows.
 
     Args:
         embeddings: float32 [N, D], the index's rows.
-        row_cameras: int [N], each row's camera code (position in ``names``).
-        names: camera names [C] ("" = unknown).
+        row_parts: int [N], each row's part (position in ``names``; -1: in no part, e.g. a row of unknown time).
+        names: part names [P] (camera names, "" = unknown; time slices "0", "1", ... in time order).
         build: ``embeddings [n, D] -> faiss HNSW index`` (the index's own parameters).
+        what: what a part is, for the log ("camera", "time slice").
 
-    A graph holds its own copy of its camera's vectors (faiss HNSWFlat), so the graphs of every camera double
+    A graph holds its own copy of its part's vectors (faiss HNSWFlat), so the graphs of a whole partition double
     the memory of the index's HNSW structure (BENCHMARKS.md gives the bytes a box).
     """
 
-    def __init__(self, embeddings, row_cameras, names, build):
-        self.embeddings, self.names, self._build = embeddings, [str(n) for n in names], build
-        self.row_cameras = np.asarray(row_cameras, np.int64)
-        order = np.argsort(self.row_cameras, kind="stable")
-        bounds = np.searchsorted(self.row_cameras[order], np.arange(len(self.names) + 1))
-        # rows[c]: int64 rows of camera c, ascending (a graph's ids are positions in it).
-        self.rows = [order[bounds[c]:bounds[c + 1]].astype(np.int64) for c in range(len(self.names))]
+    def __init__(self, embeddings, row_parts, names, build, what="camera"):
+        self.embeddings, self.names, self._build, self.what = embeddings, [str(n) for n in names], build, what
+        self.row_parts = np.asarray(row_parts, np.int64)
+        order = np.argsort(self.row_parts, kind="stable")
+        bounds = np.searchsorted(self.row_parts[order], np.arange(-1, len(self.names) + 1))
+        # rows[p]: int64 rows of part p, ascending (a graph's ids are positions in it); loose: rows in no part.
+        self.rows = [order[bounds[p + 1]:bounds[p + 2]].astype(np.int64) for p in range(len(self.names))]
+        self.loose = order[:bounds[1]].astype(np.int64)
         self.graphs: Dict[int, object] = {}
-        self.files: Dict[int, str] = {}  # camera -> graph file to read on first use
+        self.files: Dict[int, str] = {}  # part -> graph file to read on first use
         self.built = 0  # graphs built by this object (not read from a file)
 
     def wanted(self) -> List[int]:
-        """Cameras that get a graph, when there are >= 2: those of more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH
-        rows (5,760: a smaller camera is scanned exactly for less than one walk of its graph)."""
-        if len(self.names) < 2:
-            return []
-        return [c for c, rows in enumerate(self.rows) if len(rows) > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH]
+        """Parts that get a graph: those of more than GRAPH_ROWS_PER_EF x CAMERA_EF_SEARCH rows (5,760: a smaller
+        part is scanned exactly for about the cost of one walk of its graph) and not of every row (the index's
+        own graph)."""
+        return [p for p, rows in enumerate(self.rows)
+                if GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH < len(rows) < len(self.row_parts)]
 
-    def graph(self, camera: int):
-        """Camera ``camera``'s graph, built on first use when not read from a file."""
-        if camera not in self.graphs and camera in self.files:
-            graph = self._read(camera)
+    def graph(self, part: int):
+        """Part ``part``'s graph, built on first use when not read from a file."""
+        if part not in self.graphs and part in self.files:
+            graph = self._read(part)
             if graph is not None:
-                self.graphs[camera] = graph
-        if camera not in self.graphs:
-            logger.info("building the search graph of camera %r (%d boxes)", self.names[camera],
-                        len(self.rows[camera]))
-            self.graphs[camera] = self._build(np.ascontiguousarray(self.embeddings[self.rows[camera]], np.float32))
+                self.graphs[part] = graph
+        if part not in self.graphs:
+            logger.info("building the search graph of %s %r (%d boxes)", self.what, self.names[part],
+                        len(self.rows[part]))
+            self.graphs[part] = self._build(np.ascontiguousarray(self.embeddings[self.rows[part]], np.float32))
             self.built += 1
-        return self.graphs[camera]
+        return self.graphs[part]
 
-    def _split(self, keep: np.ndarray):
-        """(cameras searched through their graph, rows searched exactly, cost in rows of an exact scan) for
-        the rows ``keep`` (bool [N]): a camera holding kept rows walks its graph (efSearch widened by the share
-        of the camera kept) when that costs less than scanning its kept rows."""
-        kept = np.bincount(self.row_cameras[keep], minlength=len(self.names))
+    def plan(self, keep: np.ndarray) -> Tuple[List[int], List[int], float]:
+        """(parts searched through their graph, parts whose kept rows are searched exactly, cost in rows of an
+        exact scan) for the rows ``keep`` (bool [N]): a part holding kept rows walks its graph (efSearch widened
+        by the share of the part kept) when that costs less than scanning its kept rows; kept rows in no part
+        are scanned (their cost included)."""
+        kept = np.bincount(self.row_parts[keep] + 1, minlength=len(self.names) + 1)
         with_graph = set(self.wanted())
-        graphed, exact, cost = [], [], 0.0
-        for c in np.flatnonzero(kept):
-            walk = GRAPH_ROWS_PER_EF * widened_ef(CAMERA_EF_SEARCH, kept[c] / len(self.rows[c]))
-            if c in with_graph and walk < kept[c]:
-                graphed.append(int(c))
+        graphed, exact, cost = [], [], float(kept[0])
+        for p in np.flatnonzero(kept[1:]):
+            walk = GRAPH_ROWS_PER_EF * widened_ef(CAMERA_EF_SEARCH, kept[p + 1] / len(self.rows[p]))
+            if p in with_graph and walk < kept[p + 1]:
+                graphed.append(int(p))
                 cost += walk
             else:
-                exact.append(int(c))
-                cost += kept[c]
+                exact.append(int(p))
+                cost += kept[p + 1]
         return graphed, exact, cost
 
-    def cost(self, keep: np.ndarray) -> float:
-        """What :meth:`search` costs for ``keep``, in rows of an exact scan; inf when no camera graph helps."""
-        graphed, _, cost = self._split(keep)
-        return cost if graphed else math.inf
-
-    def search(self, keep: np.ndarray) -> Search:
-        """A search over the rows ``keep`` (bool [N]) through the graphs of the cameras holding them (built or
-        read on first use); the other cameras' kept rows are searched exactly, together."""
-        graphed, exact, _ = self._split(keep)
+    def search(self, keep: np.ndarray, plan=None) -> Search:
+        """A search over the rows ``keep`` (bool [N]) through the graphs of the parts holding them (built or
+        read on first use), by ``plan`` (default :meth:`plan`); the other kept rows are searched exactly,
+        together."""
+        graphed, exact, _ = plan or self.plan(keep)
         searches = []
-        if exact:
-            searches.append(exact_search(self.embeddings, np.concatenate([self.rows[c][keep[self.rows[c]]]
-                                                                          for c in exact])))
-        for c in graphed:
-            searches.append(_camera_search(self.graph(c), self.rows[c], keep[self.rows[c]], CAMERA_EF_SEARCH))
+        scanned = [self.rows[p][keep[self.rows[p]]] for p in exact] + [self.loose[keep[self.loose]]]
+        if sum(map(len, scanned)):
+            searches.append(exact_search(self.embeddings, np.sort(np.concatenate(scanned))))
+        for p in graphed:
+            searches.append(_part_search(self.graph(p), self.rows[p], keep[self.rows[p]], CAMERA_EF_SEARCH))
 
         def run(queries, k):
             return merge([search(queries, k) for search in searches], k)
@@ -214,47 +228,63 @@ class CameraGraphs:
 
     # ------------------------------------------------------------------ files
     def write(self, folder: str) -> Dict[str, str]:
-        """Write every wanted graph (built now when missing) as ``folder/<camera code>.faiss``, atomically,
-        and delete the folder's other graphs. Returns camera name -> file name (for the manifest)."""
+        """Write every wanted graph (built now when missing) as ``folder/<part code>.faiss``, atomically,
+        and delete the folder's other graphs. Returns part name -> file name (for the manifest)."""
         import faiss
 
         wanted = self.wanted()
-        files = {self.names[c]: f"{c}.faiss" for c in wanted}
+        files = {self.names[p]: f"{p}.faiss" for p in wanted}
         os.makedirs(folder, exist_ok=True)
-        for c in wanted:
-            with atomic_open(os.path.join(folder, f"{c}.faiss"), "wb") as f:
-                f.write(faiss.serialize_index(self.graph(c)).tobytes())
+        for p in wanted:
+            with atomic_open(os.path.join(folder, f"{p}.faiss"), "wb") as f:
+                f.write(faiss.serialize_index(self.graph(p)).tobytes())
         for name in os.listdir(folder):
             if name.endswith(".faiss") and name not in files.values():
                 os.remove(os.path.join(folder, name))
         return files
 
     def use_files(self, folder: str, files: Dict[str, str]):
-        """Read graphs from ``folder`` (camera name -> file name, as :meth:`write` returned) when first used,
+        """Read graphs from ``folder`` (part name -> file name, as :meth:`write` returned) when first used,
         instead of building them."""
         for name, file in files.items():
             if name in self.names:
                 self.files[self.names.index(name)] = os.path.join(folder, file)
 
-    def _read(self, camera: int):
-        """The graph of ``camera`` from its file; None (with a warning) when unreadable or not matching."""
+    def _read(self, part: int):
+        """The graph of ``part`` from its file; None (with a warning) when unreadable or not matching."""
         import faiss
 
-        file = self.files.pop(camera)
+        file = self.files.pop(part)
         try:
             graph = faiss.read_index(file)
         except RuntimeError as e:
-            logger.warning("%s: unreadable camera graph (%s); it is rebuilt", file, str(e).splitlines()[0])
+            logger.warning("%s: unreadable %s graph (%s); it is rebuilt", file, self.what, str(e).splitlines()[0])
             return None
-        if graph.ntotal != len(self.rows[camera]) or graph.d != self.embeddings.shape[1]:
-            logger.warning("%s: camera graph of %d rows, the camera has %d; it is rebuilt", file, graph.ntotal,
-                           len(self.rows[camera]))
+        if graph.ntotal != len(self.rows[part]) or graph.d != self.embeddings.shape[1]:
+            logger.warning("%s: %s graph of %d rows, the %s has %d; it is rebuilt", file, self.what, graph.ntotal,
+                           self.what, len(self.rows[part]))
             return None
         return graph
 
 
-def _camera_search(graph, rows: np.ndarray, keep: np.ndarray, ef_search: int) -> Search:
-    """One camera's graph (ids = positions in ``rows``) searched for its kept rows (bool ``keep`` [len(rows)]),
+def time_slices(row_times: np.ndarray, shifted: bool = False, slice_rows: int = None) -> np.ndarray:
+    """Each row's time slice (int64 [N], numbered in time order; -1: in none): the n rows of known time (not
+    NaN), in time order, cut into s = round(n / ``slice_rows``) slices of equal rows (default TIME_SLICE_ROWS);
+    ``shifted``: the s - 1 slices as long that start half a slice later (the first and last half slices in
+    none), so that any span of up to half a slice lies inside one slice of the two cuts."""
+    slice_rows = slice_rows or TIME_SLICE_ROWS
+    timed = np.flatnonzero(np.isfinite(row_times))
+    order = timed[np.argsort(row_times[timed], kind="stable")]
+    n, count = max(len(order), 1), max(1, round(len(order) / slice_rows))
+    ranks = np.arange(len(order))
+    cut = (2 * ranks * count + n) // (2 * n) - 1 if shifted else ranks * count // n
+    parts = np.full(len(row_times), -1, np.int64)
+    parts[order] = np.where(cut < count - shifted, cut, -1)
+    return parts
+
+
+def _part_search(graph, rows: np.ndarray, keep: np.ndarray, ef_search: int) -> Search:
+    """One part's graph (ids = positions in ``rows``) searched for its kept rows (bool ``keep`` [len(rows)]),
     answering index rows."""
     import faiss
 

@@ -14,6 +14,8 @@ On disk an index is a folder (safe formats only, every file written atomically):
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
     camera_graphs/*.faiss  with an HNSW structure and >= 2 cameras: an HNSW graph per camera of more than 5,760
                            boxes, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
+    time_graphs/*.faiss    likewise, an HNSW graph per slice of the time axis (the rows of known time in time
+    shifted_time_graphs/   order, cut every filtered.TIME_SLICE_ROWS; and cut half a slice later), for time spans
 
 Loading reads the per-image lists; the row arrays (boxes, scores, embeddings) of the parts are memory-mapped
 (np.savez stores them uncompressed), so a compacted index of millions of boxes with a compressed (IVF-PQ)
@@ -26,6 +28,7 @@ compaction's write and its deletes, or two shards given the same image) is kept 
 import collections
 import dataclasses
 import datetime
+import functools
 import glob
 import math
 import hashlib
@@ -42,7 +45,7 @@ import numpy as np
 from ..fileio import atomic_open, write_json
 from . import compressed, filtered
 from .compressed import CompressedSearch
-from .filtered import CameraGraphs
+from .filtered import PartitionGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 # filter: the row mask and search of the last FILTER_CACHE_SIZE filters are kept (a filter's first query pays
 # its mask: 0.1 to 0.3 ms at 100k boxes, more with camera graphs, BENCHMARKS.md "Filtered search").
 FILTER_CACHE_SIZE = 4
-CAMERA_GRAPHS_FOLDER = "camera_graphs"
+# The partitions of the rows with a graph per part (filtered.PartitionGraphs): name -> folder (and manifest key).
+GRAPH_FOLDERS = {"cameras": "camera_graphs", "times": "time_graphs", "times shifted": "shifted_time_graphs"}
 _NORM_TOLERANCE = 1e-3
 # Search structures: exact, graph (all embeddings in memory), compressed (codes in memory, embeddings on disk).
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -153,8 +157,8 @@ class GalleryIndex:
         self.rerank = compressed.IVFPQ_RERANK  # ivfpq: candidates a hit re-scored exactly (0: off)
         self._place_time = None  # (camera names U [C], camera codes [num_images], times, path -> image ids)
         self._filters = collections.OrderedDict()  # filter key -> _Filter, least recently used first
-        self._camera_graphs = None  # filtered.CameraGraphs, made on first use
-        self._camera_graph_file = {}  # digest and files of camera_graphs/ under self.path ({}: none)
+        self._graphs = {}  # partition name -> filtered.PartitionGraphs, made on first use
+        self._graph_files = {}  # partition name -> digest and files of its folder under self.path (absent: none)
 
     # ------------------------------------------------------------------ rows
     @property
@@ -264,9 +268,9 @@ class GalleryIndex:
         return self
 
     def _rows_changed(self):
-        """Forget what was derived from the rows (filters, camera graphs; the search structure is reset by
+        """Forget what was derived from the rows (filters, partition graphs; the search structure is reset by
         the callers)."""
-        self._place_time, self._camera_graphs = None, None
+        self._place_time, self._graphs = None, {}
         self._filters.clear()
 
     # ------------------------------------------------------------------ search
@@ -363,27 +367,40 @@ class GalleryIndex:
 
     def _filtered_search(self, structure, keep: np.ndarray, num_rows: int) -> filtered.Search:
         """A search over the ``num_rows`` rows ``keep`` (bool [N]) selects (filtered.filtered_search)."""
-        return filtered.filtered_search(structure, self.embeddings, keep, num_rows, HNSW_EF_SEARCH,
-                                        self.camera_graphs)
+        partitions = {name: functools.partial(self.partition_graphs, name) for name in GRAPH_FOLDERS}
+        return filtered.filtered_search(structure, self.embeddings, keep, num_rows, HNSW_EF_SEARCH, partitions)
 
-    def camera_graphs(self) -> CameraGraphs:
-        """The per-camera HNSW graphs (filtered.CameraGraphs): read from this index's folder when saved for
-        these rows, else built on first use (in memory; :meth:`save` with ``search_file`` writes them)."""
-        if self._camera_graphs is None:
-            names, codes, _, _ = self._places()
-            self._camera_graphs = CameraGraphs(self.embeddings, codes[self.entry_image], list(names),
-                                               lambda embeddings: build_faiss(embeddings, "hnsw"))
-            saved = self._camera_graph_file
-            if saved and self.path is not None and saved.get("digest") == self._camera_digest():
-                self._camera_graphs.use_files(os.path.join(self.path, CAMERA_GRAPHS_FOLDER), saved["files"])
+    def partition_graphs(self, name: str) -> PartitionGraphs:
+        """The HNSW graphs of partition ``name`` (GRAPH_FOLDERS: "cameras", one a camera; "times" and "times
+        shifted", one a time slice, filtered.time_slices): read from this index's folder when saved for these
+        rows, else built on first use (in memory; :meth:`save` with ``search_file`` writes them)."""
+        if name not in self._graphs:
+            names, codes, times, _ = self._places()
+            build = lambda embeddings: build_faiss(embeddings, "hnsw")  # noqa: E731
+            if name == "cameras":
+                graphs = PartitionGraphs(self.embeddings, codes[self.entry_image], list(names), build)
+            else:
+                parts = filtered.time_slices(times[self.entry_image], shifted=name == "times shifted")
+                graphs = PartitionGraphs(self.embeddings, parts, [str(j) for j in range(parts.max(initial=-1) + 1)],
+                                         build, "time slice" if name == "times" else "shifted time slice")
+            saved = self._graph_files.get(name)
+            if saved and self.path is not None and saved.get("digest") == self._partition_digest(name):
+                graphs.use_files(os.path.join(self.path, GRAPH_FOLDERS[name]), saved["files"])
             elif saved:
-                logger.info("%s: the camera graphs are older than the rows; rebuilt when needed", self.path)
-        return self._camera_graphs
+                logger.info("%s: the %s are older than the rows; rebuilt when needed", self.path,
+                            GRAPH_FOLDERS[name].replace("_", " "))
+            self._graphs[name] = graphs
+        return self._graphs[name]
 
-    def _camera_digest(self) -> str:
-        """Digest of the rows and the cameras of their images (what camera graphs are built from)."""
+    def _partition_digest(self, name: str) -> str:
+        """Digest of the rows and what partition ``name``'s graphs are built from: the cameras of the images,
+        or their times and the slice size."""
         h = hashlib.sha256(_digest(self.images, self.num_boxes).encode())
-        h.update("\0".join(self.cameras).encode("utf-8", "surrogateescape"))
+        if name == "cameras":
+            h.update("\0".join(self.cameras).encode("utf-8", "surrogateescape"))
+        else:
+            h.update(f"{filtered.TIME_SLICE_ROWS}\n".encode())
+            h.update(np.asarray(self.times, np.float64).tobytes())
         return h.hexdigest()
 
     def _places(self):
@@ -435,7 +452,7 @@ class GalleryIndex:
         return {"format_version": FORMAT_VERSION, "embedding_dim": self.dim, "num_images": self.num_images,
                 "num_boxes": self.num_boxes, "det_thresh": self.det_thresh, "gallery_root": self.gallery_root,
                 "model": self.model, "index_type": self.index_type, "search": dict(self._search_file),
-                "camera_graphs": dict(self._camera_graph_file)}
+                **{folder: dict(self._graph_files.get(name, {})) for name, folder in GRAPH_FOLDERS.items()}}
 
     def save(self, path: str, compact: bool = False, search_file: bool = False):
         """Write the rows added since the last save as one new part, then the manifest.
@@ -443,12 +460,14 @@ class GalleryIndex:
         Args:
             compact: rewrite all rows as one part and delete the others (after a build).
             search_file: also write the faiss structure (``search.faiss``) for fast loading, and with an HNSW
-                structure the per-camera graphs (``camera_graphs/``) that camera filters search.
+                structure the per-camera and per-time-slice graphs (``camera_graphs/``, ``time_graphs/``,
+                ``shifted_time_graphs/``)
+                that filters search.
         """
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):
             compact = True  # a copy elsewhere: everything goes into that folder
-            self._search_file, self._camera_graph_file = {}, {}
+            self._search_file, self._graph_files = {}, {}
         old_parts = _part_files(path)
         if compact:
             self._write_part(path, range(self.num_images), "all")
@@ -466,21 +485,22 @@ class GalleryIndex:
                 f.write(faiss.serialize_index(getattr(structure, "ivf", structure)).tobytes())
             # The manifest describes the structure in the file (not rows added after it was written).
             self._search_file = {"kind": self.search_kind, "digest": _digest(self.images, self.num_boxes)}
-            self._save_camera_graphs(path)
+            for name in GRAPH_FOLDERS:
+                self._save_partition_graphs(path, name)
         write_json(os.path.join(path, "manifest.json"), self.manifest())
         self.path = path
 
-    def _save_camera_graphs(self, path):
-        """Write the camera graphs of an HNSW index (built now where missing) unless ``path`` holds them for
-        these rows already."""
-        graphs = self.camera_graphs() if self.search_kind == "hnsw" else None
+    def _save_partition_graphs(self, path, name):
+        """Write the graphs of partition ``name`` of an HNSW index (built now where missing) unless ``path``
+        holds them for these rows already."""
+        graphs = self.partition_graphs(name) if self.search_kind == "hnsw" else None
         if graphs is None or not graphs.wanted():
-            self._camera_graph_file = {}
+            self._graph_files.pop(name, None)
             return
-        digest = self._camera_digest()  # hashes every image key: only where graphs are kept
-        if self._camera_graph_file.get("digest") != digest:  # (reset when saving a copy elsewhere)
-            files = graphs.write(os.path.join(path, CAMERA_GRAPHS_FOLDER))
-            self._camera_graph_file = {"digest": digest, "files": files}
+        digest = self._partition_digest(name)  # hashes every image key: only where graphs are kept
+        if self._graph_files.get(name, {}).get("digest") != digest:  # (reset when saving a copy elsewhere)
+            files = graphs.write(os.path.join(path, GRAPH_FOLDERS[name]))
+            self._graph_files[name] = {"digest": digest, "files": files}
 
     def _write_part(self, path, image_ids, tag):
         image_ids = np.asarray(list(image_ids), np.int64)
@@ -522,9 +542,10 @@ class GalleryIndex:
         index.index_type = manifest.get("index_type")
         index.path = path
         index._load_search_file(path, manifest)
-        graphs = manifest.get("camera_graphs")
-        if isinstance(graphs, dict) and isinstance(graphs.get("files"), dict):
-            index._camera_graph_file = graphs  # read when a filter first needs them (camera_graphs())
+        for name, folder in GRAPH_FOLDERS.items():
+            graphs = manifest.get(folder)
+            if isinstance(graphs, dict) and isinstance(graphs.get("files"), dict):
+                index._graph_files[name] = graphs  # read when a filter first needs them (partition_graphs())
         return index
 
     def _load_search_file(self, path, manifest):

@@ -212,36 +212,49 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
             assert (h.time is None) == (not np.isfinite(index.times[i]))
 
 
-@pytest.mark.parametrize("cameras,rows_per_ef,chosen", [(["cam0"], 90, "exact"), (["cam0"], 4, "cameras"),
-                                                       (["cam0", "cam1", "cam2"], 4, "selector")])
-def test_filtered_hnsw_query_takes_the_cheapest_way(cameras, rows_per_ef, chosen, monkeypatch):
+@pytest.mark.parametrize("filters,rows_per_ef,chosen", [
+    ({"cameras": ["cam0"]}, 90, "exact"), ({"cameras": ["cam0"]}, 4, "camera"),
+    ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector"),
+    ({"since": 0, "until": 74}, 90, "exact"), ({"since": 0, "until": 74}, 4, "time slice"),
+    ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice"),
+    ({"since": 0, "until": 149}, 4, "selector"),
+])
+def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
-    efSearch) picks exact search (750 rows against a walk of 90 x 64), the camera's own graph (4 x 64 = 256
-    against 750 rows) or the whole graph with a selector (4 x 64 against 3 cameras' walks and 2,250 rows); each
-    finds the brute-force top k of the kept rows on clustered data."""
+    efSearch) picks the cheapest way, and each finds the brute-force top k of the
+    kept rows on clustered data. 3,000 rows, 4 cameras of 750, time slices of 750 rows:
+    - cam0: exact (750 rows against a walk of 90 x 64), its graph (4 x 64 against 750 rows and the whole graph
+      at ef 160), 3 cameras: the whole graph (4 x 64 against 3 camera walks);
+    - the span of slice 0: exact (750 rows), its graph (4 x 64 against the whole graph at ef 160 and 4
+      cameras at ef 160); with 2 cameras (slice 0 half kept: ef 80, against 2 cameras at ef 160 and the whole
+      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64)."""
     import faiss
 
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
+    monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", 750)
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(300, 32)))
     data = _unit(np.repeat(centres, 10, axis=0) + 0.08 * rng.normal(size=(3000, 32)))
     index = GalleryIndex(32, gallery_root="/g")
-    for i in range(300):  # 10 boxes an image; cameras cam0..cam3 round-robin: one camera keeps 750 boxes
+    for i in range(300):  # 10 boxes an image; cameras cam0..cam3 round-robin, image i taken at i seconds
         index.add(f"cam{i % 4}/img{i:03d}.jpg", -1, np.tile([0, 0, 1, 1], (10, 1)) + np.arange(10)[:, None],
-                  np.ones(10), data[10 * i:10 * i + 10], camera=f"cam{i % 4}")
+                  np.ones(10), data[10 * i:10 * i + 10], camera=f"cam{i % 4}", time=float(i))
     calls = []
-    by_idx, camera_search = faiss.knn_inner_products_by_idx, filtered_module.CameraGraphs.search
+    by_idx, part_search = faiss.knn_inner_products_by_idx, filtered_module.PartitionGraphs.search
     monkeypatch.setattr(faiss, "knn_inner_products_by_idx", lambda *a: calls.append("exact") or by_idx(*a))
-    monkeypatch.setattr(filtered_module.CameraGraphs, "search",
-                        lambda *a: calls.append("cameras") or camera_search(*a))
+    monkeypatch.setattr(filtered_module.PartitionGraphs, "search",
+                        lambda self, *a: calls.append(self.what) or part_search(self, *a))
     queries = _unit(centres[:20] + 0.08 * rng.normal(size=(20, 32)))
-    results = index.search(queries, top_k=10, approximate=True, cameras=cameras)
+    results = index.search(queries, top_k=10, approximate=True, **filters)
     assert index.search_kind == "hnsw" and set(calls) == ({chosen} - {"selector"})
-    kept = np.isin(np.array(index.cameras)[index.entry_image], cameras)
+    kept = np.ones(index.num_boxes, bool) if "cameras" not in filters else \
+        np.isin(np.array(index.cameras)[index.entry_image], filters["cameras"])
+    if "since" in filters:
+        row_times = np.array(index.times)[index.entry_image]
+        kept &= (row_times >= filters["since"]) & (row_times <= filters["until"])
     for q, hits in zip(queries, results):
         sims = np.where(kept, index.embeddings @ q, -np.inf)
         assert [h.similarity for h in hits] == pytest.approx(np.sort(sims)[::-1][:10].tolist(), abs=1e-5)
-        assert {h.camera for h in hits} <= set(cameras)
 
 
 def test_cameras_and_times_round_trip_and_old_parts_load_as_unknown(tmp_path):
@@ -322,14 +335,14 @@ def test_camera_graph_filters_equal_brute_force(filters, one, rows_per_ef, monke
     _force_camera_graphs(monkeypatch, rows_per_ef)
     index = _three_cameras()
     splits = []
-    split = filtered_module.CameraGraphs._split
-    monkeypatch.setattr(filtered_module.CameraGraphs, "_split", lambda *a: splits.append(split(*a)) or splits[-1])
+    split = filtered_module.PartitionGraphs.plan
+    monkeypatch.setattr(filtered_module.PartitionGraphs, "plan", lambda *a: splits.append(split(*a)) or splits[-1])
     queries = _unit(np.random.default_rng(4).normal(size=(4, 16)))
     kw = {"cameras": filters.get("cameras"), "since": filters.get("since"), "until": filters.get("until"),
           "exclude_images": filters.get("exclude", ()), "det_thresh": filters.get("thresh")}
     results = index.search(queries, top_k=8, one_per_image=one, **kw)
     graphed, exact, _ = splits[-1]
-    assert index.search_kind == "hnsw" and index.camera_graphs().built == len(graphed)
+    assert index.search_kind == "hnsw" and index.partition_graphs("cameras").built == len(graphed)
     if rows_per_ef == 0.05:  # every walk is cheaper than a scan of the camera's kept rows
         assert graphed and not exact
     if filters.get("exclude") is MOST_OF_CAM1:  # at 0.5 rows a unit, cam1's 15 rows are scanned, cam0 walked
@@ -341,20 +354,38 @@ def test_camera_graph_filters_equal_brute_force(filters, one, rows_per_ef, monke
         assert all(h.image not in filters.get("exclude", ()) for h in hits)
 
 
-def test_camera_graphs_saved_loaded_reused_and_stale_ones_rebuilt(tmp_path, monkeypatch):
-    _force_camera_graphs(monkeypatch)
+def _force_time_slices(monkeypatch, rows_per_ef=0.05, slice_rows=90):
+    """Time-slice graphs searched for every filter, slices of ``slice_rows`` rows (_three_cameras: 360 rows of
+    known time, 4 slices of 30 images); walks cost as in _force_camera_graphs."""
+    monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "times")
+    monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
+    monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", slice_rows)
+
+
+# Per partition: how to force it, a filter walking only part 1's graph, and the folder of its graphs.
+PARTITIONS = {"cameras": (_force_camera_graphs, {"cameras": ["cam1"], "since": T0}, "camera_graphs", 3),
+              "times": (_force_time_slices, {"since": T0 + 60 * 45, "until": T0 + 60 * 65}, "time_graphs", 4),
+              "times shifted": (_force_time_slices, {"since": T0 + 60 * 60, "until": T0 + 60 * 90},
+                                "shifted_time_graphs", 3)}
+
+
+@pytest.mark.parametrize("name", list(PARTITIONS))
+def test_partition_graphs_saved_loaded_reused_and_stale_ones_rebuilt(name, tmp_path, monkeypatch):
+    force, filters, folder, num_parts = PARTITIONS[name]
+    force(monkeypatch)
     index = _three_cameras()
     index.save(str(tmp_path), compact=True, search_file=True)
-    files = sorted(os.listdir(tmp_path / "camera_graphs"))
-    assert files == ["0.faiss", "1.faiss", "2.faiss"]
-    assert index.camera_graphs().built == 3
-    stamps = {f: os.stat(tmp_path / "camera_graphs" / f).st_mtime_ns for f in files}
+    files = sorted(os.listdir(tmp_path / folder))
+    assert files == [f"{p}.faiss" for p in range(num_parts)]
+    assert index.partition_graphs(name).built == num_parts
+    stamps = {f: os.stat(tmp_path / folder / f).st_mtime_ns for f in files}
     q = _unit(np.random.default_rng(5).normal(size=(1, 16)))
 
     loaded = GalleryIndex.load(str(tmp_path))
-    hits = loaded.search(q, top_k=6, cameras=["cam1"], since=T0)[0]
-    assert loaded.camera_graphs().built == 0 and sorted(loaded.camera_graphs().graphs) == [1]  # read, one used
-    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(loaded, q[0], 6, ["cam1"], T0), abs=1e-5)
+    hits = loaded.search(q, top_k=6, **filters)[0]
+    graphs = loaded.partition_graphs(name)
+    assert graphs.built == 0 and sorted(graphs.graphs) == [1]  # read, only the one used
+    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(loaded, q[0], 6, **filters), abs=1e-5)
 
     # Rows added after the graphs were written (an incremental save): the files are ignored, rebuilt in memory.
     rng = np.random.default_rng(6)
@@ -362,33 +393,112 @@ def test_camera_graphs_saved_loaded_reused_and_stale_ones_rebuilt(tmp_path, monk
                time=T0 + 1)
     loaded.save(str(tmp_path))
     stale = GalleryIndex.load(str(tmp_path))
-    hits = stale.search(q, top_k=6, cameras=["cam1"], since=T0)[0]
-    assert stale.camera_graphs().built == 1 and stale.camera_graphs().graphs[1].ntotal == 152
-    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(stale, q[0], 6, ["cam1"], T0), abs=1e-5)
-    assert {f: os.stat(tmp_path / "camera_graphs" / f).st_mtime_ns for f in files} == stamps  # never written
+    hits = stale.search(q, top_k=6, **filters)[0]
+    graphs = stale.partition_graphs(name)
+    grown = {"cameras": 152, "times": 90, "times shifted": 91}[name]  # cam1: 150 + 2 rows; time slices: 362 / 4
+    assert graphs.built == 1 and graphs.graphs[1].ntotal == len(graphs.rows[1]) == grown
+    # The graph holds the part's rows now (the old file's rows were another set of as many, for time slice 1).
+    np.testing.assert_array_equal(graphs.graphs[1].reconstruct_n(0, grown), stale.embeddings[graphs.rows[1]])
+    assert [h.similarity for h in hits] == pytest.approx(_filtered_truth(stale, q[0], 6, **filters), abs=1e-5)
+    assert {f: os.stat(tmp_path / folder / f).st_mtime_ns for f in files} == stamps  # never written
     stale.save(str(tmp_path), compact=True, search_file=True)  # a build's end writes them again
     again = GalleryIndex.load(str(tmp_path))
-    again.search(q, top_k=6, cameras=["cam1"], since=T0)
-    assert again.camera_graphs().built == 0 and again.camera_graphs().graphs[1].ntotal == 152
+    again.search(q, top_k=6, **filters)
+    assert again.partition_graphs(name).built == 0 and again.partition_graphs(name).graphs[1].ntotal == grown
 
 
-def test_index_without_camera_graphs_loads_and_answers_the_same(tmp_path, monkeypatch):
-    _force_camera_graphs(monkeypatch)
+@pytest.mark.parametrize("name", list(PARTITIONS))
+def test_index_without_partition_graphs_loads_and_answers_the_same(name, tmp_path, monkeypatch):
+    force, filters, folder, num_parts = PARTITIONS[name]
+    force(monkeypatch)
+    monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", 90)  # both partitions get graphs
     index = _three_cameras()
     index.save(str(tmp_path), compact=True, search_file=True)
     q = _unit(np.random.default_rng(7).normal(size=(3, 16)))
-    with_graphs = GalleryIndex.load(str(tmp_path)).search(q, top_k=6, cameras=["cam0", "cam2"], one_per_image=True)
-    # As an index written before camera graphs: no folder, no manifest entry.
-    for f in os.listdir(tmp_path / "camera_graphs"):
-        os.remove(tmp_path / "camera_graphs" / f)
-    os.rmdir(tmp_path / "camera_graphs")
+    kw = {"cameras": {"cameras": ["cam0", "cam2"]}, "times": {"since": T0 + 60 * 20, "until": T0 + 60 * 100},
+          "times shifted": filters}[name]
+    with_graphs = GalleryIndex.load(str(tmp_path)).search(q, top_k=6, one_per_image=True, **kw)
+    # As an index written before these graphs: no folder, no manifest entry (the other partition's kept).
+    for f in os.listdir(tmp_path / folder):
+        os.remove(tmp_path / folder / f)
+    os.rmdir(tmp_path / folder)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    del manifest["camera_graphs"]
+    del manifest[folder]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     old = GalleryIndex.load(str(tmp_path))
-    without = old.search(q, top_k=6, cameras=["cam0", "cam2"], one_per_image=True)
-    assert old.camera_graphs().built == 2 and not os.path.exists(tmp_path / "camera_graphs")  # built in memory
+    without = old.search(q, top_k=6, one_per_image=True, **kw)
+    assert old.partition_graphs(name).built == {"cameras": 2, "times": 3, "times shifted": 1}[name]  # in memory
+    assert not os.path.exists(tmp_path / folder)
     assert [[h.to_dict() for h in hits] for hits in without] == [[h.to_dict() for h in hits] for hits in with_graphs]
+    for other in set(PARTITIONS) - {name}:  # the other partitions' graphs are still read from their files
+        assert old.partition_graphs(other).files
+
+
+def test_time_slices_cut_the_rows_of_known_time_in_time_order():
+    times = np.array([5.0, np.nan, 1.0, 3.0, 3.0, np.nan, 0.0, 9.0, 7.0, 2.0, 4.0, 8.0, 6.0, 10.0])
+    # 12 rows of known time: 3 slices of 4 in time order (the two rows at time 3 split, the earlier row first);
+    # shifted, 2 slices of 4 starting 2 rows later (the first and last 2 rows in none).
+    cut = filtered_module.time_slices(times, slice_rows=4).tolist()
+    assert cut == [1, -1, 0, 0, 1, -1, 0, 2, 2, 0, 1, 2, 1, 2]
+    assert filtered_module.time_slices(times, shifted=True, slice_rows=4).tolist() == \
+        [1, -1, -1, 0, 0, -1, -1, -1, 1, 0, 0, 1, 1, -1]
+    assert filtered_module.time_slices(times, slice_rows=100).tolist() == [0, -1] + [0] * 3 + [-1] + [0] * 8
+    assert filtered_module.time_slices(times, shifted=True, slice_rows=100).tolist() == [-1] * 14
+    assert filtered_module.time_slices(np.full(3, np.nan), slice_rows=4).tolist() == [-1, -1, -1]
+
+
+def _slice_times(index, part):
+    """(first, last) time of time slice ``part`` (slices as filtered.time_slices cuts the index's rows)."""
+    times = np.asarray(index.times)[index.entry_image]
+    slice_times = times[filtered_module.time_slices(times) == part]
+    return float(slice_times.min()), float(slice_times.max())
+
+
+@pytest.mark.parametrize("rows_per_ef", [0.05, 0.5])
+@pytest.mark.parametrize("shape,one", [("across borders", False), ("inside one slice", True),
+                                       ("camera and span", False), ("excluded images", True),
+                                       ("score threshold", False), ("cameras only", False)])
+def test_time_slice_filters_equal_brute_force(shape, one, rows_per_ef, monkeypatch):
+    """Filters searched through the time-slice graphs (a selector over a slice's rows where the span, cameras,
+    score or excluded images keep part of it; slices keeping few rows, and rows of unknown time, scanned
+    exactly) find the brute-force top k."""
+    _force_time_slices(monkeypatch, rows_per_ef)
+    index = _three_cameras()
+    (s0, e0), (s1, e1), (s2, e2), (s3, e3) = [_slice_times(index, p) for p in range(4)]
+    filters = {"across borders": {"since": (s0 + e0) / 2, "until": (s2 + e2) / 2},
+               "inside one slice": {"since": s1 + 120, "until": e1 - 120},
+               "camera and span": {"cameras": ["cam0", "cam2"], "since": s1, "until": e2},
+               "excluded images": {"since": s2, "exclude": [f"cam{i % 3}/img{i:03d}.jpg" for i in range(60, 100)]},
+               "score threshold": {"since": s0, "until": (s3 + e3) / 2, "thresh": 0.6},
+               "cameras only": {"cameras": ["cam1", "cam2"]}}[shape]
+    searched = []
+    search = filtered_module.PartitionGraphs.search
+    monkeypatch.setattr(filtered_module.PartitionGraphs, "search",
+                        lambda self, keep, plan: searched.append((self, plan)) or search(self, keep, plan))
+    queries = _unit(np.random.default_rng(4).normal(size=(4, 16)))
+    kw = {"cameras": filters.get("cameras"), "since": filters.get("since"), "until": filters.get("until"),
+          "exclude_images": filters.get("exclude", ()), "det_thresh": filters.get("thresh")}
+    results = index.search(queries, top_k=8, one_per_image=one, **kw)
+    (graphs, (graphed, exact, _)), = searched
+    assert index.search_kind == "hnsw" and graphs.built == len(graphed)
+    expected = {"inside one slice": [1], "camera and span": [1, 2], "excluded images": [2, 3],
+                "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
+    expected = {shape: ("time slice", parts, []) for shape, parts in expected.items()}
+    # The shifted cut holds the span in 2 slices (the 3 rows it keeps of a third scanned) where the first cut
+    # needs 3 walks.
+    expected["across borders"] = ("shifted time slice", [0, 1], [2])
+    if rows_per_ef == 0.5:  # walks cost more: the few rows slice 2 keeps (40 images excluded) and slice 3 keeps
+        # (half a slice at the threshold) cost less scanned than walks at their widened efSearch
+        expected.update({"excluded images": ("time slice", [3], [2]),
+                         "score threshold": ("time slice", [0, 1, 2], [3])})
+    assert (graphs.what, graphed, exact) == expected[shape]
+    if shape == "cameras only":  # rows of unknown time, in no slice, are scanned
+        assert any(h.time is None for hits in results for h in hits)
+    for q, hits in zip(queries, results):
+        truth = _filtered_truth(index, q, 8, filters.get("cameras"), filters.get("since"), filters.get("until"),
+                                filters.get("exclude", ()), filters.get("thresh"), one)
+        assert len(truth) == 8 and [h.similarity for h in hits] == pytest.approx(truth, abs=1e-5)
+        assert all(h.image not in filters.get("exclude", ()) for h in hits)
 
 
 def test_a_filter_is_computed_once_for_its_queries(monkeypatch):
