@@ -45,8 +45,10 @@ def open_index(path: str, cfg, det_thresh: float, gallery_root: str,
     """
     fingerprint = model_fingerprint(cfg, weights_sha256)
     gallery_root = os.path.abspath(gallery_root)
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    manifest = os.path.join(path, "manifest.json")
+    if not os.path.isfile(manifest):
+        # Checked again after the listing: another shard may have renamed a whole index into place between.
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not os.path.isfile(manifest):
             raise ValueError(f"{path}: exists and is not a gallery index; choose a new or empty --out folder")
         index = GalleryIndex(fingerprint["embedding_dim"], det_thresh, gallery_root, fingerprint)
         if _create_index(path, cfg, index):
