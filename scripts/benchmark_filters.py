@@ -2,7 +2,8 @@
 """The cost of a filtered gallery query (cameras, a time span) against an unfiltered one, on this machine.
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/benchmark_filters.py [--boxes 100000] [--cameras 8] \
-        [--layout round-robin|contiguous] [--max-ef 256] [--ef-per-share 32 40 48 64] [--slice-rows 25000 50000]
+        [--layout round-robin|contiguous] [--grouped] [--max-ef 256] [--ef-per-share 32 40 48 64] \
+        [--slice-rows 25000 50000]
 
 Embeddings as scripts/benchmark_search.py draws them (identities of 10 noisy views, identity directions in a
 32-dimensional subspace), 10 boxes an image. --layout round-robin: image i of camera ``cam{i % cameras}``
@@ -12,7 +13,10 @@ camera taken at j seconds). The index's own search structure (HNSW from 100,000 
 its time-slice graphs (built first, their build time and bytes reported). The time spans start at time 0 (a
 slice border) unless "from X%" says where. For each filter: the share of boxes it selects,
 single-query p50 / p95 through ``GalleryIndex.search`` (top 10, ``Hit`` objects included; the filter's mask
-and search reused, as for a reviewer's many queries with one filter), the ratio to the unfiltered p50,
+and search reused, as for a reviewer's many queries with one filter; the filters taken in a new random order for
+each query, so no filter finds its own graphs in the cache from its last query; --grouped: a filter's queries
+one after the other), the ratio to the unfiltered p50, the CPU time of the process's threads (a filter's
+sub-searches run side by side),
 recall@10 against exact search over the selected rows, the p50 of a filter's first query (nothing reused)
 and of the row mask alone; then the same with each strategy of the filtered search forced (exact over the
 kept rows; the camera graphs at each --camera-ef, every camera holding kept rows walked; the time-slice graphs
@@ -77,9 +81,32 @@ def _key(index, row):
     return index.images[int(index.entry_image[row])][0], tuple(round(float(v), 2) for v in index.boxes[row])
 
 
-def measure(index, queries, kw, repeats, recall_queries, first_queries=50):
-    """(share selected, p50 ms, p95 ms, recall@10 vs exact over the selected rows, p50 ms of a filter's first
-    query, p50 ms of computing the row mask alone)."""
+def interleaved(index, queries, named_filters, grouped=False, seed=0):
+    """name -> (p50 ms, p95 ms, CPU p50 ms: all the process's threads) of ``index.search`` (top 10) for each
+    query with each filter, the filters in a new random order for each query (so that no filter's graphs stay
+    in the cache from its own last query, and a slow spell of the machine falls on every filter alike), or
+    ``grouped``: all queries of a filter one after the other; each filter's mask and search kept."""
+    from dcinet_d2.search import index as index_module
+
+    index_module.FILTER_CACHE_SIZE = max(index_module.FILTER_CACHE_SIZE, len(named_filters))
+    for _, kw in named_filters:
+        index.search(queries[0], top_k=10, **kw)
+    rng, times, cpu = np.random.default_rng(seed), {name: [] for name, _ in named_filters}, {}
+    order = [(q, i) for i in range(len(named_filters)) for q in queries] if grouped else \
+        [(q, i) for q in queries for i in rng.permutation(len(named_filters))]
+    for q, i in order:
+        name, kw = named_filters[i]
+        t, c = time.perf_counter(), time.process_time()
+        index.search(q, top_k=10, **kw)
+        times[name].append(time.perf_counter() - t)
+        cpu.setdefault(name, []).append(time.process_time() - c)
+    return {name: (np.percentile(t, 50) * 1e3, np.percentile(t, 95) * 1e3, np.percentile(cpu[name], 50) * 1e3)
+            for name, t in times.items()}
+
+
+def measure(index, queries, kw, recall_queries, first_queries=50):
+    """(share selected, recall@10 vs exact over the selected rows, p50 ms of a filter's first query, p50 ms of
+    computing the row mask alone)."""
     import faiss
 
     masks = []
@@ -101,13 +128,7 @@ def measure(index, queries, kw, repeats, recall_queries, first_queries=50):
         firsts.append(time.perf_counter() - t)
     recall = np.mean([len({(h.image, tuple(h.box)) for h in index.search(q, top_k=10, **kw)[0]}
                           & {_key(index, r) for r in t}) / 10 for q, t in zip(queries, truth)])
-    times = []
-    for q in queries[:repeats]:
-        t = time.perf_counter()
-        index.search(q, top_k=10, **kw)
-        times.append(time.perf_counter() - t)
-    return (len(selected) / index.num_boxes, np.percentile(times, 50) * 1e3, np.percentile(times, 95) * 1e3, recall,
-            np.percentile(firsts, 50) * 1e3, np.percentile(masks, 50) * 1e3)
+    return len(selected) / index.num_boxes, recall, np.percentile(firsts, 50) * 1e3, np.percentile(masks, 50) * 1e3
 
 
 def build_graphs(index, name):
@@ -135,8 +156,10 @@ def main(argv=None):
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--layout", choices=("round-robin", "contiguous"), default="round-robin")
-    parser.add_argument("--repeats", type=int, default=300, help="single queries timed per filter")
+    parser.add_argument("--repeats", type=int, default=300, help="single queries timed per filter (interleaved)")
     parser.add_argument("--recall-queries", type=int, default=200)
+    parser.add_argument("--grouped", action="store_true",
+                        help="time each filter's queries one after the other (its graphs stay in the cache)")
     parser.add_argument("--max-ef", type=int, nargs="*", default=[256],
                         help="also time every filter with the selector forced, efSearch widened up to each of these")
     parser.add_argument("--camera-ef", type=int, nargs="*", default=[64, 96],
@@ -184,8 +207,11 @@ def main(argv=None):
                 made = describe(f"{name.replace('times', 'time-slice')} graphs of {slice_rows:,} rows",
                                 *build_graphs(index, name), index)
                 built += [made] if made.split(":")[0] not in {b.split(":")[0] for b in built} else []
-        for name, kw in filters(index, args.cameras):
-            table[title, name] = measure(index, queries, kw, args.repeats, args.recall_queries)
+        named = filters(index, args.cameras)
+        measured = {name: measure(index, queries, kw, args.recall_queries) for name, kw in named}
+        for name, (p50, p95, cpu) in interleaved(index, queries[:args.repeats], named, args.grouped).items():
+            share, recall, first, mask = measured[name]
+            table[title, name] = share, p50, p95, recall, first, mask, cpu
             print(title, name, table[title, name], file=sys.stderr, flush=True)
     for key, value in chosen.items():
         setattr(filtered, key, value)
@@ -197,14 +223,17 @@ def main(argv=None):
           f"efSearch): "
           f"exact, camera graphs or time-slice graphs ({chosen['TIME_SLICE_ROWS']:,} rows a slice; efSearch "
           f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {chosen['FILTER_EF_PER_SHARE']} / "
-          f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']})\n")
+          f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']}); sub-searches on "
+          f"{filtered.search_threads()} threads\n")
     base = table[strategies[0][0], "none"][1]
-    print("| filter | boxes kept | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | recall@10 vs exact "
-          "| a filter's first query, p50 (ms) | of which the row mask (ms) |\n|---|---|---|---|---|---|---|---|")
+    base_cpu = table[strategies[0][0], "none"][6]
+    print("| filter | boxes kept | p50 (ms) | p95 (ms) | p50 / unfiltered p50 | CPU p50 (ms) | CPU / unfiltered "
+          "| recall@10 vs exact | a filter's first query, p50 (ms) | of which the row mask (ms) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        share, p50, p95, recall, first, mask = table[strategies[0][0], name]
-        print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {recall:.3f} | {first:.3f} "
-              f"| {mask:.3f} |")
+        share, p50, p95, recall, first, mask, cpu = table[strategies[0][0], name]
+        print(f"| {name} | {share:.1%} | {p50:.3f} | {p95:.3f} | {p50 / base:.2f} | {cpu:.3f} | {cpu / base_cpu:.2f} "
+              f"| {recall:.3f} | {first:.3f} | {mask:.3f} |")
     print("\nEach strategy forced (p50 ms / recall@10):\n")
     print("| filter | boxes kept | " + " | ".join(t for t, _ in strategies[1:]) + " |")
     print("|---|---|" + "---|" * (len(strategies) - 1))

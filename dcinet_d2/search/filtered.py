@@ -10,21 +10,27 @@ behind each constant):
   cuts half a slice apart (:func:`time_slices`). Each part holding kept rows has its own graph searched (with
   an ID selector over its rows when the filters keep only some of them), or its kept rows scanned exactly
   when fewer than a walk costs; the per-part top k merged by similarity. A camera filter walks a few
-  cameras' graphs, a time span a few slices' graphs;
+  cameras' graphs, a time span a few slices' graphs. Of P walks each runs at efSearch / sqrt(P) (it has to
+  find only its part's share of the k best), and the walks and the scan run side by side on the threads
+  faiss may use (:func:`together`);
 - the index's own structure with an ID selector, HNSW's efSearch widened as the share kept falls (its walk
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
 
 Over HNSW the cheapest is taken by a cost model in one unit, rows of an exact scan: exact costs the rows
 kept, a graph walk GRAPH_ROWS_PER_EF rows per unit of its efSearch (measured: as much in a graph of 25,000 rows
-as in one of 100,000, their vectors no longer in the cache when several graphs are walked). Over flat or
-compressed structures: exact up to FILTER_EXACT_MAX_ROWS kept rows, else the selector.
+as in one of 100,000, their vectors no longer in the cache when several graphs are walked); sub-searches side by
+side cost their latency (:func:`latency`). Over flat or compressed structures: exact up to
+FILTER_EXACT_MAX_ROWS kept rows, else the selector.
 
 Every search here is ``(queries [q, D] float32, k) -> (similarities float32 [q, k], rows int64 [q, k])``,
 best first, row -1 (similarity -inf) past the last match.
 """
+import collections
+import concurrent.futures
 import logging
 import math
 import os
+import threading
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -33,9 +39,10 @@ from ..fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "GRAPH_ROWS_PER_EF",
-           "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "FILTER_STRATEGY", "PartitionGraphs", "filtered_search",
-           "exact_search", "selector_search", "widened_ef", "time_slices", "merge"]
+__all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "FILTER_MIN_EF_SEARCH",
+           "GRAPH_ROWS_PER_EF", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "SEARCH_THREADS", "THREAD_SPEEDUP",
+           "FILTER_STRATEGY", "PartitionGraphs", "filtered_search", "exact_search", "selector_search", "widened_ef",
+           "time_slices", "merge", "search_threads", "latency", "together"]
 
 Search = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
@@ -46,6 +53,8 @@ FILTER_EXACT_MAX_ROWS = 10_000
 # kept, 128 at 25%, 256 at 12.5%).
 FILTER_MAX_EF_SEARCH = 256
 FILTER_EF_PER_SHARE = 40
+# ... and at least this when the selector rejects any row (a 25,000-row time slice 80% kept, walked at 64: 0.942).
+FILTER_MIN_EF_SEARCH = 80
 # The cost of an HNSW search per unit of efSearch, in rows of an exact scan (both nearly linear: at D = 256,
 # 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk about 0.0065 ms a unit of efSearch).
 GRAPH_ROWS_PER_EF = 90
@@ -54,6 +63,15 @@ CAMERA_EF_SEARCH = 64
 # Rows of a time slice (the rows of known time, in time order, cut into slices of about this many, and again
 # half a slice later: a span of up to half as many rows lies inside one slice of one cut).
 TIME_SLICE_ROWS = 25_000
+# Threads one query's sub-searches run on (the walks of several parts' graphs, and the exact scan of the other
+# kept rows): at most this many, and no more than faiss's OpenMP threads (None: that; 1: one after another).
+# faiss spreads a batch over its queries, but one query's walk of one graph runs on one thread. (An exact scan
+# is not cut to share threads: it reads memory as fast as one thread can.)
+SEARCH_THREADS = None
+MAX_SEARCH_THREADS = 4
+# What each thread beyond the first adds to the speed of walks side by side, for the cost model (measured on 2
+# threads sharing one core: 2 camera graphs walked side by side in 0.64x the time of one after the other).
+THREAD_SPEEDUP = 0.5
 # None: the cheapest way; "exact", "cameras", "times" or "selector" force one (tests, benchmarks; "cameras" and
 # "times": the partitions whose name starts so, the cheaper plan of them, exact where no part's graph helps).
 FILTER_STRATEGY = None
@@ -84,20 +102,80 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
-        costs = {"exact": num_rows, "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
+        costs = {"exact": latency([], num_rows),
+                 "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
                  **{name: plan[2] for name, plan in plans.items()}}
         choice = min(costs, key=costs.get)
     if choice == "exact":
         return exact_search(embeddings, np.flatnonzero(keep))
     if choice in plans:
         return partitions[choice]().search(keep, plans[choice])
-    return selector_search(structure, keep, ef_search)
+    return selector_search(structure, keep, widened_ef(ef_search, num_rows / len(keep)))
 
 
 def widened_ef(ef_search: int, share: float) -> int:
     """HNSW efSearch for a walk whose selector keeps ``share`` (0, 1] of the graph's rows (``ef_search``
     unfiltered)."""
-    return int(min(FILTER_MAX_EF_SEARCH, max(ef_search, math.ceil(FILTER_EF_PER_SHARE / share))))
+    least = ef_search if share >= 1 else max(ef_search, FILTER_MIN_EF_SEARCH)
+    return int(min(FILTER_MAX_EF_SEARCH, max(least, math.ceil(FILTER_EF_PER_SHARE / share))))
+
+
+def search_threads() -> int:
+    """Threads for one query's sub-searches (SEARCH_THREADS, else faiss's OpenMP threads, at most
+    MAX_SEARCH_THREADS)."""
+    import faiss
+
+    return max(1, SEARCH_THREADS or min(MAX_SEARCH_THREADS, faiss.omp_get_max_threads()))
+
+
+def latency(walks: Sequence[float], exact_rows: int) -> float:
+    """The time of a search made of graph walks (each's cost) and an exact scan of ``exact_rows`` rows, in rows
+    of an exact scan, run side by side on :func:`search_threads` threads: its longest sub-search, or the whole
+    work over the threads' speed (THREAD_SPEEDUP), whichever is longer."""
+    speed = 1 + THREAD_SPEEDUP * (min(search_threads(), len(walks) + (exact_rows > 0)) - 1)
+    return max(max(walks, default=0), exact_rows, (sum(walks) + exact_rows) / speed)
+
+
+def together(searches: Sequence[Search]) -> Search:
+    """One search of the rows of all ``searches`` (their results merged), run side by side on up to
+    :func:`search_threads` threads (the caller's one of them) when there are fewer queries than threads
+    (more queries: faiss spreads each search over them)."""
+    if len(searches) == 1:
+        return searches[0]
+
+    def run(queries, k):
+        threads = min(search_threads(), len(searches))
+        if threads == 1 or len(queries) >= threads:
+            return merge([search(queries, k) for search in searches], k)
+        pending, results = collections.deque(enumerate(searches)), [None] * len(searches)
+
+        def work():  # take searches until none is left (deque.popleft is atomic)
+            while True:
+                try:
+                    i, search = pending.popleft()
+                except IndexError:
+                    return
+                results[i] = search(queries, k)
+        helpers = [_pool().submit(work) for _ in range(threads - 1)]
+        work()
+        for helper in helpers:  # one still queued (the pool busy with other queries) has nothing left to do
+            if not helper.cancel():
+                helper.result()
+        return merge(results, k)
+    return run
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """The threads that help run a query's sub-searches (MAX_SEARCH_THREADS - 1, made on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(MAX_SEARCH_THREADS - 1, "dcinet-search")
+        return _POOL
 
 
 def exact_search(embeddings: np.ndarray, rows: np.ndarray) -> Search:
@@ -119,14 +197,13 @@ def exact_search(embeddings: np.ndarray, rows: np.ndarray) -> Search:
 
 def selector_search(structure, keep: np.ndarray, ef_search: int) -> Search:
     """``structure`` searched with a faiss ID selector over ``keep`` (bool [ntotal]); an HNSW graph with
-    efSearch widened by the share kept (:func:`widened_ef`)."""
+    efSearch ``ef_search``."""
     import faiss
 
     bitmap = np.packbits(keep, bitorder="little")  # must outlive the search: the closure holds it
     selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
     if isinstance(structure, faiss.IndexHNSW):
-        ef = widened_ef(ef_search, max(int(np.count_nonzero(keep)), 1) / len(keep))
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
     else:
         params = faiss.SearchParameters(sel=selector)
     return lambda queries, k, bitmap=bitmap, selector=selector: structure.search(queries, k, params=params)
@@ -134,15 +211,16 @@ def selector_search(structure, keep: np.ndarray, ef_search: int) -> Search:
 
 def merge(results: Sequence[Tuple[np.ndarray, np.ndarray]], k: int) -> Tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of several searches' (sims [q, k_i], rows [q, k_i]) per query, best first."""
-    sims = np.concatenate([s for s, _ in results], axis=1)
+    sims = np.concatenate([s for s, _ in results], axis=1).astype(np.float32)  # a copy, written below
     ids = np.concatenate([i for _, i in results], axis=1)
-    sims = np.where(ids < 0, -np.inf, sims).astype(np.float32)
+    sims[ids < 0] = -np.inf
     if sims.shape[1] < k:
         pad = k - sims.shape[1]
         sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, top, 1), np.take_along_axis(ids, top, 1)
+    query = np.arange(len(sims))[:, None]
+    return sims[query, top], ids[query, top]
 
 
 class PartitionGraphs:
@@ -199,32 +277,37 @@ class PartitionGraphs:
         are scanned (their cost included)."""
         kept = np.bincount(self.row_parts[keep] + 1, minlength=len(self.names) + 1)
         with_graph = set(self.wanted())
-        graphed, exact, cost = [], [], float(kept[0])
-        for p in np.flatnonzero(kept[1:]):
-            walk = GRAPH_ROWS_PER_EF * widened_ef(CAMERA_EF_SEARCH, kept[p + 1] / len(self.rows[p]))
-            if p in with_graph and walk < kept[p + 1]:
+        held = np.flatnonzero(kept[1:])
+        walkable = sum(p in with_graph for p in held)
+        graphed, exact, scanned = [], [], int(kept[0])
+        for p in held:
+            if p in with_graph and GRAPH_ROWS_PER_EF * self._walk_ef(kept[p + 1], p, walkable) < kept[p + 1]:
                 graphed.append(int(p))
-                cost += walk
             else:
                 exact.append(int(p))
-                cost += kept[p + 1]
-        return graphed, exact, cost
+                scanned += int(kept[p + 1])
+        walks = [GRAPH_ROWS_PER_EF * self._walk_ef(kept[p + 1], p, len(graphed)) for p in graphed]
+        return graphed, exact, latency(walks, scanned)
+
+    def _walk_ef(self, kept: int, part: int, walked: int) -> int:
+        """efSearch of part ``part``'s walk for ``kept`` of its rows, one of ``walked`` walks: CAMERA_EF_SEARCH
+        widened by the share kept (:func:`widened_ef`), over the square root of ``walked`` (each walk has to find
+        only those of the k best in its part: at 100k boxes, 2 camera graphs walked at 48 find 0.98 of the
+        filtered top 10, at 64 0.99; BENCHMARKS.md "Filtered search")."""
+        return math.ceil(widened_ef(CAMERA_EF_SEARCH, kept / len(self.rows[part])) / math.sqrt(walked))
 
     def search(self, keep: np.ndarray, plan=None) -> Search:
         """A search over the rows ``keep`` (bool [N]) through the graphs of the parts holding them (built or
         read on first use), by ``plan`` (default :meth:`plan`); the other kept rows are searched exactly,
         together."""
         graphed, exact, _ = plan or self.plan(keep)
-        searches = []
+        # The walks first: the longest sub-searches start first when they run side by side.
+        searches = [_part_search(self.graph(p), self.rows[p], keep[self.rows[p]],
+                                 self._walk_ef(np.count_nonzero(keep[self.rows[p]]), p, len(graphed))) for p in graphed]
         scanned = [self.rows[p][keep[self.rows[p]]] for p in exact] + [self.loose[keep[self.loose]]]
         if sum(map(len, scanned)):
             searches.append(exact_search(self.embeddings, np.sort(np.concatenate(scanned))))
-        for p in graphed:
-            searches.append(_part_search(self.graph(p), self.rows[p], keep[self.rows[p]], CAMERA_EF_SEARCH))
-
-        def run(queries, k):
-            return merge([search(queries, k) for search in searches], k)
-        return run
+        return together(searches)
 
     # ------------------------------------------------------------------ files
     def write(self, folder: str) -> Dict[str, str]:
@@ -284,8 +367,8 @@ def time_slices(row_times: np.ndarray, shifted: bool = False, slice_rows: int = 
 
 
 def _part_search(graph, rows: np.ndarray, keep: np.ndarray, ef_search: int) -> Search:
-    """One part's graph (ids = positions in ``rows``) searched for its kept rows (bool ``keep`` [len(rows)]),
-    answering index rows."""
+    """One part's graph (ids = positions in ``rows``) searched for its kept rows (bool ``keep`` [len(rows)]) at
+    efSearch ``ef_search``, answering index rows."""
     import faiss
 
     if keep.all():

@@ -12,8 +12,8 @@ On disk an index is a folder (safe formats only, every file written atomically):
                            ``boxes`` (float32 [N, 4], XYXY original pixels), ``scores`` (float32 [N]),
                            ``embeddings`` (float32 [N, D], L2-normalised)
     search.faiss           the faiss structure over all rows in canonical order (rebuilt when out of date)
-    camera_graphs/*.faiss  with an HNSW structure and >= 2 cameras: an HNSW graph per camera of more than 5,760
-                           boxes, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
+    camera_graphs/*.faiss  with an HNSW structure: an HNSW graph per camera of more than 5,760 boxes and fewer
+                           than all, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
     time_graphs/*.faiss    likewise, an HNSW graph per slice of the time axis (the rows of known time in time
     shifted_time_graphs/   order, cut every filtered.TIME_SLICE_ROWS; and cut half a slice later), for time spans
 
@@ -431,18 +431,21 @@ class GalleryIndex:
         return ok
 
     def _hits(self, sims, ids, keep, one_per_image, wanted) -> List[Hit]:
+        """The hits of one query's search result (sims float32 [k], rows int64 [k]); rows gathered at once (a
+        memmapped row read one at a time costs more than the search)."""
+        ok = ids >= 0
+        if keep is not None:
+            ok &= keep[np.where(ok, ids, 0)]
+        rows = ids[ok]
         hits, seen = [], set()
-        for sim, row in zip(sims, ids):
-            if row < 0 or (keep is not None and not keep[row]):
-                continue
-            img = int(self.entry_image[row])
+        for sim, img, box, score in zip(sims[ok].tolist(), self.entry_image[rows].tolist(),
+                                        self.boxes[rows].tolist(), self.scores[rows].tolist()):
             if one_per_image and img in seen:
                 continue
             seen.add(img)
             image, frame = self.images[img]
-            hits.append(Hit(len(hits) + 1, image, None if frame < 0 else frame,
-                            [round(float(v), 2) for v in self.boxes[row]], float(self.scores[row]), float(sim),
-                            self.cameras[img] or None, iso_time(self.times[img])))
+            hits.append(Hit(len(hits) + 1, image, None if frame < 0 else frame, [round(v, 2) for v in box],
+                            score, sim, self.cameras[img] or None, iso_time(self.times[img])))
             if len(hits) == wanted:
                 break
         return hits
@@ -460,9 +463,8 @@ class GalleryIndex:
         Args:
             compact: rewrite all rows as one part and delete the others (after a build).
             search_file: also write the faiss structure (``search.faiss``) for fast loading, and with an HNSW
-                structure the per-camera and per-time-slice graphs (``camera_graphs/``, ``time_graphs/``,
-                ``shifted_time_graphs/``)
-                that filters search.
+                structure the per-camera and per-time-slice graphs that filters search (``camera_graphs/``,
+                ``time_graphs/``, ``shifted_time_graphs/``).
         """
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):

@@ -168,14 +168,16 @@ def predicted_batches(predictor, items: Iterable[GalleryItem], batch_size: int =
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="index") as pool:
             running = collections.deque()
+
+            def oldest():  # the first batch still running, with its outputs once ready
+                batch, loaded, outputs = running.popleft()
+                return batch, loaded, outputs.result()
             for batch, loaded in batches:
                 running.append((batch, loaded, pool.submit(_predict, predictor, loaded)))
                 if len(running) > workers:  # read one batch ahead of the workers, no more
-                    batch, loaded, outputs = running.popleft()
-                    yield batch, loaded, outputs.result()
+                    yield oldest()
             while running:
-                batch, loaded, outputs = running.popleft()
-                yield batch, loaded, outputs.result()
+                yield oldest()
     finally:
         torch.set_num_threads(threads)
 

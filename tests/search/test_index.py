@@ -212,14 +212,14 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
             assert (h.time is None) == (not np.isfinite(index.times[i]))
 
 
-@pytest.mark.parametrize("filters,rows_per_ef,chosen", [
-    ({"cameras": ["cam0"]}, 90, "exact"), ({"cameras": ["cam0"]}, 4, "camera"),
-    ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector"),
-    ({"since": 0, "until": 74}, 90, "exact"), ({"since": 0, "until": 74}, 4, "time slice"),
-    ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice"),
-    ({"since": 0, "until": 149}, 4, "selector"),
+@pytest.mark.parametrize("filters,rows_per_ef,chosen,threads", [
+    ({"cameras": ["cam0"]}, 90, "exact", 1), ({"cameras": ["cam0"]}, 4, "camera", 1),
+    ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector", 1),
+    ({"since": 0, "until": 74}, 90, "exact", 1), ({"since": 0, "until": 74}, 4, "time slice", 1),
+    ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice", 1),
+    ({"since": 0, "until": 149}, 4, "selector", 1), ({"since": 0, "until": 149}, 4, "time slice", 2),
 ])
-def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, monkeypatch):
+def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, threads, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
     efSearch) picks the cheapest way, and each finds the brute-force top k of the
     kept rows on clustered data. 3,000 rows, 4 cameras of 750, time slices of 750 rows:
@@ -227,11 +227,13 @@ def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen
       at ef 160), 3 cameras: the whole graph (4 x 64 against 3 camera walks);
     - the span of slice 0: exact (750 rows), its graph (4 x 64 against the whole graph at ef 160 and 4
       cameras at ef 160); with 2 cameras (slice 0 half kept: ef 80, against 2 cameras at ef 160 and the whole
-      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64)."""
+      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64 / sqrt(2) = 46, one
+      after the other), or on 2 threads the 2 slices side by side (368 / 1.5 against 320)."""
     import faiss
 
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
     monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", 750)
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", threads)
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(300, 32)))
     data = _unit(np.repeat(centres, 10, axis=0) + 0.08 * rng.normal(size=(3000, 32)))
@@ -314,6 +316,7 @@ def _force_camera_graphs(monkeypatch, rows_per_ef=0.05):
     keeping fewer rows than its walk costs (rows_per_ef x efSearch) is scanned exactly."""
     monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "cameras")
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 1)  # plans costed for one thread
 
 
 T0 = 1_700_000_000.0
@@ -359,6 +362,7 @@ def _force_time_slices(monkeypatch, rows_per_ef=0.05, slice_rows=90):
     known time, 4 slices of 30 images); walks cost as in _force_camera_graphs."""
     monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "times")
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 1)
     monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", slice_rows)
 
 
@@ -484,9 +488,10 @@ def test_time_slice_filters_equal_brute_force(shape, one, rows_per_ef, monkeypat
     expected = {"inside one slice": [1], "camera and span": [1, 2], "excluded images": [2, 3],
                 "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
     expected = {shape: ("time slice", parts, []) for shape, parts in expected.items()}
-    # The shifted cut holds the span in 2 slices (the 3 rows it keeps of a third scanned) where the first cut
-    # needs 3 walks.
-    expected["across borders"] = ("shifted time slice", [0, 1], [2])
+    # The first cut needs 3 walks (each at efSearch / sqrt(3)), the shifted cut 2 (at efSearch / sqrt(2)) and a
+    # scan of the 3 rows it keeps of a third slice: the 3 walks cost less at 0.05 rows a unit, more at 0.5.
+    expected["across borders"] = (("time slice", [0, 1, 2], []) if rows_per_ef == 0.05 else
+                                  ("shifted time slice", [0, 1], [2]))
     if rows_per_ef == 0.5:  # walks cost more: the few rows slice 2 keeps (40 images excluded) and slice 3 keeps
         # (half a slice at the threshold) cost less scanned than walks at their widened efSearch
         expected.update({"excluded images": ("time slice", [3], [2]),
@@ -520,3 +525,42 @@ def test_a_filter_is_computed_once_for_its_queries(monkeypatch):
     index.add("cam0/late.jpg", -1, [[0, 0, 1, 1]], [0.9], _unit(q[:1]), camera="cam0", time=T0 + 1)
     hits = index.search(q, top_k=5, cameras=["cam1", "cam0"], since=T0)
     assert len(masks) == index_module.FILTER_CACHE_SIZE + 3 and hits[0][0].image == "cam0/late.jpg"
+
+
+def test_sub_searches_run_side_by_side_and_merge_as_one_after_the_other(monkeypatch):
+    """A query's sub-searches run on two threads at once (each waits at a barrier for the other: one after the
+    other they would time out), and the merged top k equals the sequential merge; a batch of queries (faiss
+    spreads it itself) and one thread run them in turn."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    data = _unit(rng.normal(size=(400, 16)))
+    rows = np.arange(400)
+    exact = [filtered_module.exact_search(data, part) for part in (rows[:150], rows[150:320], rows[320:])]
+    barrier, threads_seen = threading.Barrier(2, timeout=10), set()
+
+    def waiting(search):
+        def run(queries, k):
+            threads_seen.add(threading.get_ident())
+            if len(queries) == 1 and filtered_module.SEARCH_THREADS == 2:
+                barrier.wait()
+            return search(queries, k)
+        return run
+    q = _unit(rng.normal(size=(3, 16)))
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 2)
+    together = filtered_module.together([waiting(s) for s in exact[:2]] + [exact[2]])
+    side_by_side = np.concatenate([together(q[i:i + 1], 7)[1] for i in range(3)])
+    assert len(threads_seen) == 2
+    truth = np.argsort(-(q @ data.T), axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(side_by_side, truth)
+    threads_seen.clear()
+    np.testing.assert_array_equal(together(q, 7)[1], truth)  # a batch: in turn, on this thread
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 1)
+    np.testing.assert_array_equal(np.concatenate([together(q[i:i + 1], 7)[1] for i in range(3)]), truth)
+    assert len(threads_seen) == 1
+
+    def failing(queries, k):
+        raise RuntimeError("a sub-search failed")
+    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 2)
+    with pytest.raises(RuntimeError, match="a sub-search failed"):
+        filtered_module.together([exact[0], failing])(q[:1], 7)
