@@ -18,9 +18,9 @@ behind each constant):
 
 Over HNSW the cheapest is taken by a cost model in one unit, rows of an exact scan: exact costs the rows
 kept, a graph walk GRAPH_ROWS_PER_EF rows per unit of its efSearch (measured: as much in a graph of 25,000 rows
-as in one of 100,000, their vectors no longer in the cache when several graphs are walked); sub-searches side by
-side cost their latency (:func:`latency`). Over flat or compressed structures: exact up to
-FILTER_EXACT_MAX_ROWS kept rows, else the selector.
+as in one of 100,000, their vectors no longer in the cache when several graphs are walked), the work of a
+plan whatever runs side by side. Over flat or compressed structures: exact up to FILTER_EXACT_MAX_ROWS kept
+rows, else the selector.
 
 Every search here is ``(queries [q, D] float32, k) -> (similarities float32 [q, k], rows int64 [q, k])``,
 best first, row -1 (similarity -inf) past the last match.
@@ -40,9 +40,9 @@ from ..fileio import atomic_open
 logger = logging.getLogger(__name__)
 
 __all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "FILTER_MIN_EF_SEARCH",
-           "GRAPH_ROWS_PER_EF", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "SEARCH_THREADS", "THREAD_SPEEDUP",
+           "GRAPH_ROWS_PER_EF", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "SEARCH_THREADS",
            "FILTER_STRATEGY", "PartitionGraphs", "filtered_search", "exact_search", "selector_search", "widened_ef",
-           "time_slices", "merge", "search_threads", "latency", "together"]
+           "time_slices", "merge", "search_threads", "together"]
 
 Search = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
@@ -65,13 +65,11 @@ CAMERA_EF_SEARCH = 64
 TIME_SLICE_ROWS = 25_000
 # Threads one query's sub-searches run on (the walks of several parts' graphs, and the exact scan of the other
 # kept rows): at most this many, and no more than faiss's OpenMP threads (None: that; 1: one after another).
-# faiss spreads a batch over its queries, but one query's walk of one graph runs on one thread. (An exact scan
-# is not cut to share threads: it reads memory as fast as one thread can.)
+# faiss spreads a batch over its queries, but one query's walk of one graph runs on one thread. The plans are
+# costed by their work, not their time side by side: a server answering many queries at once has no thread to
+# spare. (An exact scan is not cut to share threads: it reads memory about as fast as one thread can.)
 SEARCH_THREADS = None
 MAX_SEARCH_THREADS = 4
-# What each thread beyond the first adds to the speed of walks side by side, for the cost model (measured on 2
-# threads sharing one core: 2 camera graphs walked side by side in 0.64x the time of one after the other).
-THREAD_SPEEDUP = 0.5
 # None: the cheapest way; "exact", "cameras", "times" or "selector" force one (tests, benchmarks; "cameras" and
 # "times": the partitions whose name starts so, the cheaper plan of them, exact where no part's graph helps).
 FILTER_STRATEGY = None
@@ -102,7 +100,7 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
-        costs = {"exact": latency([], num_rows),
+        costs = {"exact": num_rows,
                  "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
                  **{name: plan[2] for name, plan in plans.items()}}
         choice = min(costs, key=costs.get)
@@ -126,14 +124,6 @@ def search_threads() -> int:
     import faiss
 
     return max(1, SEARCH_THREADS or min(MAX_SEARCH_THREADS, faiss.omp_get_max_threads()))
-
-
-def latency(walks: Sequence[float], exact_rows: int) -> float:
-    """The time of a search made of graph walks (each's cost) and an exact scan of ``exact_rows`` rows, in rows
-    of an exact scan, run side by side on :func:`search_threads` threads: its longest sub-search, or the whole
-    work over the threads' speed (THREAD_SPEEDUP), whichever is longer."""
-    speed = 1 + THREAD_SPEEDUP * (min(search_threads(), len(walks) + (exact_rows > 0)) - 1)
-    return max(max(walks, default=0), exact_rows, (sum(walks) + exact_rows) / speed)
 
 
 def together(searches: Sequence[Search]) -> Search:
@@ -286,8 +276,8 @@ class PartitionGraphs:
             else:
                 exact.append(int(p))
                 scanned += int(kept[p + 1])
-        walks = [GRAPH_ROWS_PER_EF * self._walk_ef(kept[p + 1], p, len(graphed)) for p in graphed]
-        return graphed, exact, latency(walks, scanned)
+        return graphed, exact, scanned + sum(GRAPH_ROWS_PER_EF * self._walk_ef(kept[p + 1], p, len(graphed))
+                                             for p in graphed)
 
     def _walk_ef(self, kept: int, part: int, walked: int) -> int:
         """efSearch of part ``part``'s walk for ``kept`` of its rows, one of ``walked`` walks: CAMERA_EF_SEARCH

@@ -212,12 +212,13 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
             assert (h.time is None) == (not np.isfinite(index.times[i]))
 
 
-@pytest.mark.parametrize("filters,rows_per_ef,chosen,threads", [
-    ({"cameras": ["cam0"]}, 90, "exact", 1), ({"cameras": ["cam0"]}, 4, "camera", 1),
-    ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector", 1),
-    ({"since": 0, "until": 74}, 90, "exact", 1), ({"since": 0, "until": 74}, 4, "time slice", 1),
-    ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice", 1),
-    ({"since": 0, "until": 149}, 4, "selector", 1), ({"since": 0, "until": 149}, 4, "time slice", 2),
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("filters,rows_per_ef,chosen", [
+    ({"cameras": ["cam0"]}, 90, "exact"), ({"cameras": ["cam0"]}, 4, "camera"),
+    ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector"),
+    ({"since": 0, "until": 74}, 90, "exact"), ({"since": 0, "until": 74}, 4, "time slice"),
+    ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice"),
+    ({"since": 0, "until": 149}, 4, "selector"),
 ])
 def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, threads, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
@@ -227,8 +228,8 @@ def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen
       at ef 160), 3 cameras: the whole graph (4 x 64 against 3 camera walks);
     - the span of slice 0: exact (750 rows), its graph (4 x 64 against the whole graph at ef 160 and 4
       cameras at ef 160); with 2 cameras (slice 0 half kept: ef 80, against 2 cameras at ef 160 and the whole
-      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64 / sqrt(2) = 46, one
-      after the other), or on 2 threads the 2 slices side by side (368 / 1.5 against 320)."""
+      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64 / sqrt(2) = 46).
+    The same on 1 thread and on 2 (the plans costed by their work)."""
     import faiss
 
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
@@ -316,7 +317,6 @@ def _force_camera_graphs(monkeypatch, rows_per_ef=0.05):
     keeping fewer rows than its walk costs (rows_per_ef x efSearch) is scanned exactly."""
     monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "cameras")
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
-    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 1)  # plans costed for one thread
 
 
 T0 = 1_700_000_000.0
@@ -362,7 +362,6 @@ def _force_time_slices(monkeypatch, rows_per_ef=0.05, slice_rows=90):
     known time, 4 slices of 30 images); walks cost as in _force_camera_graphs."""
     monkeypatch.setattr(filtered_module, "FILTER_STRATEGY", "times")
     monkeypatch.setattr(filtered_module, "GRAPH_ROWS_PER_EF", rows_per_ef)
-    monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 1)
     monkeypatch.setattr(filtered_module, "TIME_SLICE_ROWS", slice_rows)
 
 
