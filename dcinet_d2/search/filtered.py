@@ -95,20 +95,21 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     else:  # (with fewer rows kept than the cheapest walk, scanning them is cheaper than any part's plan)
         planned = list(partitions) if num_rows > GRAPH_ROWS_PER_EF * CAMERA_EF_SEARCH else []
     plans = {name: partitions[name]().plan(keep) for name in planned}
+    selector_ef = widened_ef(ef_search, max(num_rows, 1) / len(keep))
     if FILTER_STRATEGY is not None:
         choice = min(plans, key=lambda name: plans[name][2]) if plans else FILTER_STRATEGY
     elif not hnsw:
         choice = "exact" if num_rows <= FILTER_EXACT_MAX_ROWS else "selector"
     else:
         costs = {"exact": num_rows,
-                 "selector": GRAPH_ROWS_PER_EF * widened_ef(ef_search, num_rows / len(keep)),
+                 "selector": GRAPH_ROWS_PER_EF * selector_ef,
                  **{name: plan[2] for name, plan in plans.items()}}
         choice = min(costs, key=costs.get)
     if choice == "exact":
         return exact_search(embeddings, np.flatnonzero(keep))
     if choice in plans:
         return partitions[choice]().search(keep, plans[choice])
-    return selector_search(structure, keep, widened_ef(ef_search, num_rows / len(keep)))
+    return selector_search(structure, keep, selector_ef)
 
 
 def widened_ef(ef_search: int, share: float) -> int:
@@ -201,7 +202,7 @@ def selector_search(structure, keep: np.ndarray, ef_search: int) -> Search:
 
 def merge(results: Sequence[Tuple[np.ndarray, np.ndarray]], k: int) -> Tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of several searches' (sims [q, k_i], rows [q, k_i]) per query, best first."""
-    sims = np.concatenate([s for s, _ in results], axis=1).astype(np.float32)  # a copy, written below
+    sims = np.concatenate([s for s, _ in results], axis=1).astype(np.float32, copy=False)  # new: written below
     ids = np.concatenate([i for _, i in results], axis=1)
     sims[ids < 0] = -np.inf
     if sims.shape[1] < k:
