@@ -202,9 +202,9 @@ def main(argv=None):
             setattr(filtered, key, value)
         if slice_rows != filtered.TIME_SLICE_ROWS:  # time slices of another size: built now, not in a timed query
             slice_rows = filtered.TIME_SLICE_ROWS
-            for name in ("times", "times shifted"):
+            for name, (size, _) in filtered.TIME_PARTITIONS.items():
                 index._graphs.pop(name, None)
-                made = describe(f"{name.replace('times', 'time-slice')} graphs of {slice_rows:,} rows",
+                made = describe(f"{name.replace('times', 'time-slice')} graphs of {size * slice_rows:,} rows",
                                 *build_graphs(index, name), index)
                 built += [made] if made.split(":")[0] not in {b.split(":")[0] for b in built} else []
         named = filters(index, args.cameras)

@@ -6,13 +6,13 @@ behind each constant):
 
 - exact over the kept rows alone (``faiss.knn_inner_products_by_idx``): cost in proportion to the rows kept;
 - partition graphs (:class:`PartitionGraphs`), over an HNSW index: an HNSW graph per part of a partition of
-  the rows, for three partitions: the cameras, and slices of the time axis (TIME_SLICE_ROWS rows each) in two
-  cuts half a slice apart (:func:`time_slices`). Each part holding kept rows has its own graph searched (with
-  an ID selector over its rows when the filters keep only some of them), or its kept rows scanned exactly
-  when fewer than a walk costs; the per-part top k merged by similarity. A camera filter walks a few
-  cameras' graphs, a time span a few slices' graphs. Of P walks each runs at efSearch / sqrt(P) (it has to
-  find only its part's share of the k best), and the walks and the scan run side by side on the threads
-  faiss may use (:func:`together`);
+  the rows, for five partitions: the cameras, and slices of the time axis (TIME_SLICE_ROWS rows each, and
+  twice as many) each in two cuts half a slice apart (:func:`time_slices`, TIME_PARTITIONS). Each part holding
+  kept rows has its own graph searched (with an ID selector over its rows when the filters keep only some of
+  them), or its kept rows scanned exactly when fewer than a walk costs; the per-part top k merged by
+  similarity. A camera filter walks a few cameras' graphs, a time span one or a few slices' graphs. Of P walks
+  each runs at efSearch / sqrt(P) (it has to find only its part's share of the k best), and the walks and the
+  scan run side by side on the threads faiss may use (:func:`together`);
 - the index's own structure with an ID selector, HNSW's efSearch widened as the share kept falls (its walk
   passes rows the selector rejects, and efSearch bounds the walk, not the hits found).
 
@@ -40,7 +40,7 @@ from ..fileio import atomic_open
 logger = logging.getLogger(__name__)
 
 __all__ = ["FILTER_EXACT_MAX_ROWS", "FILTER_MAX_EF_SEARCH", "FILTER_EF_PER_SHARE", "FILTER_MIN_EF_SEARCH",
-           "GRAPH_ROWS_PER_EF", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "SEARCH_THREADS",
+           "GRAPH_ROWS_PER_EF", "CAMERA_EF_SEARCH", "TIME_SLICE_ROWS", "TIME_PARTITIONS", "SEARCH_THREADS",
            "FILTER_STRATEGY", "PartitionGraphs", "filtered_search", "exact_search", "selector_search", "widened_ef",
            "time_slices", "merge", "search_threads", "together"]
 
@@ -53,8 +53,9 @@ FILTER_EXACT_MAX_ROWS = 10_000
 # kept, 128 at 25%, 256 at 12.5%).
 FILTER_MAX_EF_SEARCH = 256
 FILTER_EF_PER_SHARE = 40
-# ... and at least this when the selector rejects any row (a 25,000-row time slice 80% kept, walked at 64: 0.942).
-FILTER_MIN_EF_SEARCH = 80
+# ... and at least this when the selector rejects any row (a 25,000-row time slice 80% kept, walked at 64: 0.942;
+# a 50,000-row slice half kept, at 80: 0.942, at 88: 0.955).
+FILTER_MIN_EF_SEARCH = 88
 # The cost of an HNSW search per unit of efSearch, in rows of an exact scan (both nearly linear: at D = 256,
 # 100k boxes, an exact scan takes about 0.075 ms a 1,000 rows, a graph walk about 0.0065 ms a unit of efSearch).
 GRAPH_ROWS_PER_EF = 90
@@ -63,6 +64,11 @@ CAMERA_EF_SEARCH = 64
 # Rows of a time slice (the rows of known time, in time order, cut into slices of about this many, and again
 # half a slice later: a span of up to half as many rows lies inside one slice of one cut).
 TIME_SLICE_ROWS = 25_000
+# The time partitions: name -> (slices of this many TIME_SLICE_ROWS, the cut half a slice later). The wide
+# slices hold a span of up to a slice (25,000 rows) that the narrow ones cut in two: one walk instead of a
+# walk and a scan (at 100k boxes, a span of 20% off the borders: 1.5x the unfiltered query -> 1.2x).
+TIME_PARTITIONS = {"times": (1, False), "times shifted": (1, True),
+                   "times wide": (2, False), "times wide shifted": (2, True)}
 # Threads one query's sub-searches run on (the walks of several parts' graphs, and the exact scan of the other
 # kept rows): at most this many, and no more than faiss's OpenMP threads (None: that; 1: one after another).
 # faiss spreads a batch over its queries, but one query's walk of one graph runs on one thread. The plans are
@@ -112,10 +118,11 @@ def filtered_search(structure, embeddings: np.ndarray, keep: np.ndarray, num_row
     return selector_search(structure, keep, selector_ef)
 
 
-def widened_ef(ef_search: int, share: float) -> int:
+def widened_ef(ef_search: int, share: float, floor: bool = True) -> int:
     """HNSW efSearch for a walk whose selector keeps ``share`` (0, 1] of the graph's rows (``ef_search``
-    unfiltered)."""
-    least = ef_search if share >= 1 else max(ef_search, FILTER_MIN_EF_SEARCH)
+    unfiltered): FILTER_EF_PER_SHARE / share, at least ``ef_search`` (and FILTER_MIN_EF_SEARCH when ``floor``
+    and the selector rejects any row), at most FILTER_MAX_EF_SEARCH."""
+    least = ef_search if share >= 1 or not floor else max(ef_search, FILTER_MIN_EF_SEARCH)
     return int(min(FILTER_MAX_EF_SEARCH, max(least, math.ceil(FILTER_EF_PER_SHARE / share))))
 
 
@@ -283,9 +290,11 @@ class PartitionGraphs:
     def _walk_ef(self, kept: int, part: int, walked: int) -> int:
         """efSearch of part ``part``'s walk for ``kept`` of its rows, one of ``walked`` walks: CAMERA_EF_SEARCH
         widened by the share kept (:func:`widened_ef`), over the square root of ``walked`` (each walk has to find
-        only those of the k best in its part: at 100k boxes, 2 camera graphs walked at 48 find 0.98 of the
-        filtered top 10, at 64 0.99; BENCHMARKS.md "Filtered search")."""
-        return math.ceil(widened_ef(CAMERA_EF_SEARCH, kept / len(self.rows[part])) / math.sqrt(walked))
+        only those of the k best in its part: at 100k boxes, 2 camera graphs walked at 46 find 0.97-0.98 of the
+        filtered top 10, at 64 0.99; BENCHMARKS.md "Filtered search"). FILTER_MIN_EF_SEARCH holds for a lone
+        walk only (2 camera graphs half kept, walked at 57 each: 0.967, at 63: 0.972, 1.1x the time)."""
+        share = kept / len(self.rows[part])
+        return math.ceil(widened_ef(CAMERA_EF_SEARCH, share, floor=walked == 1) / math.sqrt(walked))
 
     def search(self, keep: np.ndarray, plan=None) -> Search:
         """A search over the rows ``keep`` (bool [N]) through the graphs of the parts holding them (built or

@@ -15,7 +15,9 @@ On disk an index is a folder (safe formats only, every file written atomically):
     camera_graphs/*.faiss  with an HNSW structure: an HNSW graph per camera of more than 5,760 boxes and fewer
                            than all, over its rows, for camera filters (filtered.py; rebuilt on use when stale)
     time_graphs/*.faiss    likewise, an HNSW graph per slice of the time axis (the rows of known time in time
-    shifted_time_graphs/   order, cut every filtered.TIME_SLICE_ROWS; and cut half a slice later), for time spans
+    shifted_time_graphs/   order, cut every filtered.TIME_SLICE_ROWS; and cut half a slice later), for time spans;
+    wide_time_graphs/      the same with slices twice as long (filtered.TIME_PARTITIONS)
+    shifted_wide_time_graphs/
 
 Loading reads the per-image lists; the row arrays (boxes, scores, embeddings) of the parts are memory-mapped
 (np.savez stores them uncompressed), so a compacted index of millions of boxes with a compressed (IVF-PQ)
@@ -64,7 +66,8 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 # its mask: 0.1 to 0.3 ms at 100k boxes, more with camera graphs, BENCHMARKS.md "Filtered search").
 FILTER_CACHE_SIZE = 4
 # The partitions of the rows with a graph per part (filtered.PartitionGraphs): name -> folder (and manifest key).
-GRAPH_FOLDERS = {"cameras": "camera_graphs", "times": "time_graphs", "times shifted": "shifted_time_graphs"}
+GRAPH_FOLDERS = {"cameras": "camera_graphs", "times": "time_graphs", "times shifted": "shifted_time_graphs",
+                 "times wide": "wide_time_graphs", "times wide shifted": "shifted_wide_time_graphs"}
 _NORM_TOLERANCE = 1e-3
 # Search structures: exact, graph (all embeddings in memory), compressed (codes in memory, embeddings on disk).
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -371,18 +374,20 @@ class GalleryIndex:
         return filtered.filtered_search(structure, self.embeddings, keep, num_rows, HNSW_EF_SEARCH, partitions)
 
     def partition_graphs(self, name: str) -> PartitionGraphs:
-        """The HNSW graphs of partition ``name`` (GRAPH_FOLDERS: "cameras", one a camera; "times" and "times
-        shifted", one a time slice, filtered.time_slices): read from this index's folder when saved for these
-        rows, else built on first use (in memory; :meth:`save` with ``search_file`` writes them)."""
+        """The HNSW graphs of partition ``name`` (GRAPH_FOLDERS: "cameras", one a camera; the time partitions
+        of filtered.TIME_PARTITIONS, one a time slice, filtered.time_slices): read from this index's folder when
+        saved for these rows, else built on first use (in memory; :meth:`save` with ``search_file`` writes
+        them)."""
         if name not in self._graphs:
             names, codes, times, _ = self._places()
             build = lambda embeddings: build_faiss(embeddings, "hnsw")  # noqa: E731
             if name == "cameras":
                 graphs = PartitionGraphs(self.embeddings, codes[self.entry_image], list(names), build)
             else:
-                parts = filtered.time_slices(times[self.entry_image], shifted=name == "times shifted")
+                size, shifted = filtered.TIME_PARTITIONS[name]
+                parts = filtered.time_slices(times[self.entry_image], shifted, size * filtered.TIME_SLICE_ROWS)
                 graphs = PartitionGraphs(self.embeddings, parts, [str(j) for j in range(parts.max(initial=-1) + 1)],
-                                         build, "time slice" if name == "times" else "shifted time slice")
+                                         build, "shifted " * shifted + "wide " * (size > 1) + "time slice")
             saved = self._graph_files.get(name)
             if saved and self.path is not None and saved.get("digest") == self._partition_digest(name):
                 graphs.use_files(os.path.join(self.path, GRAPH_FOLDERS[name]), saved["files"])
@@ -463,8 +468,7 @@ class GalleryIndex:
         Args:
             compact: rewrite all rows as one part and delete the others (after a build).
             search_file: also write the faiss structure (``search.faiss``) for fast loading, and with an HNSW
-                structure the per-camera and per-time-slice graphs that filters search (``camera_graphs/``,
-                ``time_graphs/``, ``shifted_time_graphs/``).
+                structure the per-camera and per-time-slice graphs that filters search (GRAPH_FOLDERS).
         """
         os.makedirs(os.path.join(path, "parts"), exist_ok=True)
         if self.path is not None and os.path.abspath(path) != os.path.abspath(self.path):

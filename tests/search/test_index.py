@@ -218,7 +218,7 @@ def test_camera_and_time_filters_equal_brute_force(approximate, strategy, camera
     ({"cameras": ["cam0", "cam1", "cam2"]}, 4, "selector"),
     ({"since": 0, "until": 74}, 90, "exact"), ({"since": 0, "until": 74}, 4, "time slice"),
     ({"cameras": ["cam0", "cam1"], "since": 0, "until": 74}, 4, "time slice"),
-    ({"since": 0, "until": 149}, 4, "selector"),
+    ({"since": 0, "until": 149}, 4, "wide time slice"), ({"since": 40, "until": 189}, 4, "selector"),
 ])
 def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen, threads, monkeypatch):
     """Over an HNSW graph the cost model (exact: the rows kept; a graph walk: GRAPH_ROWS_PER_EF a unit of
@@ -227,8 +227,10 @@ def test_filtered_hnsw_query_takes_the_cheapest_way(filters, rows_per_ef, chosen
     - cam0: exact (750 rows against a walk of 90 x 64), its graph (4 x 64 against 750 rows and the whole graph
       at ef 160), 3 cameras: the whole graph (4 x 64 against 3 camera walks);
     - the span of slice 0: exact (750 rows), its graph (4 x 64 against the whole graph at ef 160 and 4
-      cameras at ef 160); with 2 cameras (slice 0 half kept: ef 80, against 2 cameras at ef 160 and the whole
-      graph at ef 256); the span of 2 slices: the whole graph (ef 80 against 2 walks at 64 / sqrt(2) = 46).
+      cameras at ef 160); with 2 cameras (slice 0 half kept: ef 88, against 2 cameras at ef 160 and the whole
+      graph at ef 256); the span of 2 slices: wide slice 0 (1,500 rows, all kept: ef 64); the span of 2 slices
+      off the borders: the whole graph (ef 88 against the wide shifted slice at 88 and a scan of 100 rows,
+      or 2 walks at 88 / sqrt(2) = 63).
     The same on 1 thread and on 2 (the plans costed by their work)."""
     import faiss
 
@@ -369,7 +371,9 @@ def _force_time_slices(monkeypatch, rows_per_ef=0.05, slice_rows=90):
 PARTITIONS = {"cameras": (_force_camera_graphs, {"cameras": ["cam1"], "since": T0}, "camera_graphs", 3),
               "times": (_force_time_slices, {"since": T0 + 60 * 45, "until": T0 + 60 * 65}, "time_graphs", 4),
               "times shifted": (_force_time_slices, {"since": T0 + 60 * 60, "until": T0 + 60 * 90},
-                                "shifted_time_graphs", 3)}
+                                "shifted_time_graphs", 3),
+              "times wide": (_force_time_slices, {"since": T0 + 60 * 80, "until": T0 + 60 * 145},
+                             "wide_time_graphs", 2)}
 
 
 @pytest.mark.parametrize("name", list(PARTITIONS))
@@ -398,7 +402,8 @@ def test_partition_graphs_saved_loaded_reused_and_stale_ones_rebuilt(name, tmp_p
     stale = GalleryIndex.load(str(tmp_path))
     hits = stale.search(q, top_k=6, **filters)[0]
     graphs = stale.partition_graphs(name)
-    grown = {"cameras": 152, "times": 90, "times shifted": 91}[name]  # cam1: 150 + 2 rows; time slices: 362 / 4
+    # cam1: 150 + 2 rows; time slices: 362 / 4, wide ones 362 / 2
+    grown = {"cameras": 152, "times": 90, "times shifted": 91, "times wide": 181}[name]
     assert graphs.built == 1 and graphs.graphs[1].ntotal == len(graphs.rows[1]) == grown
     # The graph holds the part's rows now (the old file's rows were another set of as many, for time slice 1).
     np.testing.assert_array_equal(graphs.graphs[1].reconstruct_n(0, grown), stale.embeddings[graphs.rows[1]])
@@ -419,7 +424,7 @@ def test_index_without_partition_graphs_loads_and_answers_the_same(name, tmp_pat
     index.save(str(tmp_path), compact=True, search_file=True)
     q = _unit(np.random.default_rng(7).normal(size=(3, 16)))
     kw = {"cameras": {"cameras": ["cam0", "cam2"]}, "times": {"since": T0 + 60 * 20, "until": T0 + 60 * 100},
-          "times shifted": filters}[name]
+          "times shifted": filters, "times wide": filters}[name]
     with_graphs = GalleryIndex.load(str(tmp_path)).search(q, top_k=6, one_per_image=True, **kw)
     # As an index written before these graphs: no folder, no manifest entry (the other partition's kept).
     for f in os.listdir(tmp_path / folder):
@@ -430,7 +435,8 @@ def test_index_without_partition_graphs_loads_and_answers_the_same(name, tmp_pat
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     old = GalleryIndex.load(str(tmp_path))
     without = old.search(q, top_k=6, one_per_image=True, **kw)
-    assert old.partition_graphs(name).built == {"cameras": 2, "times": 3, "times shifted": 1}[name]  # in memory
+    assert old.partition_graphs(name).built == {"cameras": 2, "times": 3, "times shifted": 1,
+                                                "times wide": 1}[name]  # in memory
     assert not os.path.exists(tmp_path / folder)
     assert [[h.to_dict() for h in hits] for hits in without] == [[h.to_dict() for h in hits] for hits in with_graphs]
     for other in set(PARTITIONS) - {name}:  # the other partitions' graphs are still read from their files
@@ -484,17 +490,15 @@ def test_time_slice_filters_equal_brute_force(shape, one, rows_per_ef, monkeypat
     results = index.search(queries, top_k=8, one_per_image=one, **kw)
     (graphs, (graphed, exact, _)), = searched
     assert index.search_kind == "hnsw" and graphs.built == len(graphed)
-    expected = {"inside one slice": [1], "camera and span": [1, 2], "excluded images": [2, 3],
-                "score threshold": [0, 1, 2, 3], "cameras only": [0, 1, 2, 3]}
-    expected = {shape: ("time slice", parts, []) for shape, parts in expected.items()}
+    # Slices of 90 rows (4, and 3 shifted) and wide ones of 180 (2, and 1 shifted over rows 90-269): a span
+    # of slices 1-2 or 2-3, or every row, walks the wide graphs, not two or four narrow ones.
+    expected = {"inside one slice": ("time slice", [1], []), "camera and span": ("shifted wide time slice", [0], []),
+                "excluded images": ("wide time slice", [1], []), "score threshold": ("wide time slice", [0, 1], []),
+                "cameras only": ("wide time slice", [0, 1], [])}
     # The first cut needs 3 walks (each at efSearch / sqrt(3)), the shifted cut 2 (at efSearch / sqrt(2)) and a
     # scan of the 3 rows it keeps of a third slice: the 3 walks cost less at 0.05 rows a unit, more at 0.5.
     expected["across borders"] = (("time slice", [0, 1, 2], []) if rows_per_ef == 0.05 else
                                   ("shifted time slice", [0, 1], [2]))
-    if rows_per_ef == 0.5:  # walks cost more: the few rows slice 2 keeps (40 images excluded) and slice 3 keeps
-        # (half a slice at the threshold) cost less scanned than walks at their widened efSearch
-        expected.update({"excluded images": ("time slice", [3], [2]),
-                         "score threshold": ("time slice", [0, 1, 2], [3])})
     assert (graphs.what, graphed, exact) == expected[shape]
     if shape == "cameras only":  # rows of unknown time, in no slice, are scanned
         assert any(h.time is None for hits in results for h in hits)
@@ -563,3 +567,14 @@ def test_sub_searches_run_side_by_side_and_merge_as_one_after_the_other(monkeypa
     monkeypatch.setattr(filtered_module, "SEARCH_THREADS", 2)
     with pytest.raises(RuntimeError, match="a sub-search failed"):
         filtered_module.together([exact[0], failing])(q[:1], 7)
+
+
+def test_walks_widen_efsearch_by_the_share_kept(monkeypatch):
+    """efSearch = 40 / share kept, at least the unfiltered 64 (88 for a lone walk whose selector rejects any
+    row), at most 256; P walks each at that over sqrt(P), floored before the division only when alone."""
+    assert [filtered_module.widened_ef(64, share) for share in (1.0, 0.8, 0.5, 0.25, 0.1)] == [64, 88, 88, 160, 256]
+    assert [filtered_module.widened_ef(64, share, floor=False) for share in (1.0, 0.8, 0.5)] == [64, 64, 80]
+    rows = np.repeat(np.arange(4), 100)  # 4 parts of 100 rows
+    graphs = filtered_module.PartitionGraphs(np.zeros((400, 8), np.float32), rows, list("abcd"), None)
+    assert graphs._walk_ef(80, 0, 1) == 88 and graphs._walk_ef(100, 0, 1) == 64
+    assert graphs._walk_ef(80, 0, 2) == 46 and graphs._walk_ef(50, 0, 2) == 57 and graphs._walk_ef(100, 0, 4) == 32
