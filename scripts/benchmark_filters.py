@@ -172,7 +172,6 @@ def main(argv=None):
     import faiss
 
     from dcinet_d2.search import filtered
-    from dcinet_d2.search.index import HNSW_EF_SEARCH
 
     rng = np.random.default_rng(0)
     data, centres = clustered(args.boxes, args.dim, rng, intrinsic=32)
@@ -221,9 +220,11 @@ def main(argv=None):
           f"MiB), threads: {faiss.omp_get_max_threads()}; {'; '.join(built)}. The rule: the cheapest by cost in "
           f"rows of an exact scan (exact: the rows kept; a graph walk: {chosen['GRAPH_ROWS_PER_EF']} a unit of "
           f"efSearch): "
-          f"exact, camera graphs or time-slice graphs ({chosen['TIME_SLICE_ROWS']:,} rows a slice; efSearch "
+          f"exact, camera graphs or time-slice graphs ({chosen['TIME_SLICE_ROWS']:,} rows a slice, and twice as "
+          f"many; efSearch "
           f"{chosen['CAMERA_EF_SEARCH']}), or HNSW with the selector (efSearch {chosen['FILTER_EF_PER_SHARE']} / "
-          f"share kept, at least {HNSW_EF_SEARCH}, at most {chosen['FILTER_MAX_EF_SEARCH']}); sub-searches on "
+          f"share kept, at least {filtered.FILTER_MIN_EF_SEARCH} where it rejects a row, at most "
+          f"{chosen['FILTER_MAX_EF_SEARCH']}); sub-searches on "
           f"{filtered.search_threads()} threads\n")
     base = table[strategies[0][0], "none"][1]
     base_cpu = table[strategies[0][0], "none"][6]
