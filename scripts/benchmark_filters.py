@@ -91,7 +91,8 @@ def interleaved(index, queries, named_filters, grouped=False, seed=0):
     index_module.FILTER_CACHE_SIZE = max(index_module.FILTER_CACHE_SIZE, len(named_filters))
     for _, kw in named_filters:
         index.search(queries[0], top_k=10, **kw)
-    rng, times, cpu = np.random.default_rng(seed), {name: [] for name, _ in named_filters}, {}
+    rng = np.random.default_rng(seed)
+    times, cpu = {name: [] for name, _ in named_filters}, {name: [] for name, _ in named_filters}
     order = [(q, i) for i in range(len(named_filters)) for q in queries] if grouped else \
         [(q, i) for q in queries for i in rng.permutation(len(named_filters))]
     for q, i in order:
@@ -99,7 +100,7 @@ def interleaved(index, queries, named_filters, grouped=False, seed=0):
         t, c = time.perf_counter(), time.process_time()
         index.search(q, top_k=10, **kw)
         times[name].append(time.perf_counter() - t)
-        cpu.setdefault(name, []).append(time.process_time() - c)
+        cpu[name].append(time.process_time() - c)
     return {name: (np.percentile(t, 50) * 1e3, np.percentile(t, 95) * 1e3, np.percentile(cpu[name], 50) * 1e3)
             for name, t in times.items()}
 

@@ -301,9 +301,11 @@ class PartitionGraphs:
         read on first use), by ``plan`` (default :meth:`plan`); the other kept rows are searched exactly,
         together."""
         graphed, exact, _ = plan or self.plan(keep)
-        # The walks first: the longest sub-searches start first when they run side by side.
-        searches = [_part_search(self.graph(p), self.rows[p], keep[self.rows[p]],
-                                 self._walk_ef(np.count_nonzero(keep[self.rows[p]]), p, len(graphed))) for p in graphed]
+        searches = []
+        for p in graphed:  # the walks first: the longest sub-searches start first when they run side by side
+            kept = keep[self.rows[p]]
+            searches.append(_part_search(self.graph(p), self.rows[p], kept,
+                                         self._walk_ef(np.count_nonzero(kept), p, len(graphed))))
         scanned = [self.rows[p][keep[self.rows[p]]] for p in exact] + [self.loose[keep[self.loose]]]
         if sum(map(len, scanned)):
             searches.append(exact_search(self.embeddings, np.sort(np.concatenate(scanned))))

@@ -66,8 +66,14 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 # its mask: 0.1 to 0.3 ms at 100k boxes, more with camera graphs, BENCHMARKS.md "Filtered search").
 FILTER_CACHE_SIZE = 4
 # The partitions of the rows with a graph per part (filtered.PartitionGraphs): name -> folder (and manifest key).
-GRAPH_FOLDERS = {"cameras": "camera_graphs", "times": "time_graphs", "times shifted": "shifted_time_graphs",
-                 "times wide": "wide_time_graphs", "times wide shifted": "shifted_wide_time_graphs"}
+def _time_words(name: str) -> List[str]:
+    """The words that tell time partition ``name`` (filtered.TIME_PARTITIONS) from the plain slices."""
+    size, shifted = filtered.TIME_PARTITIONS[name]
+    return ["shifted"] * shifted + ["wide"] * (size > 1)
+
+
+GRAPH_FOLDERS = {"cameras": "camera_graphs",  # time_graphs, shifted_time_graphs, wide_..., shifted_wide_...
+                 **{name: "_".join(_time_words(name) + ["time_graphs"]) for name in filtered.TIME_PARTITIONS}}
 _NORM_TOLERANCE = 1e-3
 # Search structures: exact, graph (all embeddings in memory), compressed (codes in memory, embeddings on disk).
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -387,7 +393,7 @@ class GalleryIndex:
                 size, shifted = filtered.TIME_PARTITIONS[name]
                 parts = filtered.time_slices(times[self.entry_image], shifted, size * filtered.TIME_SLICE_ROWS)
                 graphs = PartitionGraphs(self.embeddings, parts, [str(j) for j in range(parts.max(initial=-1) + 1)],
-                                         build, "shifted " * shifted + "wide " * (size > 1) + "time slice")
+                                         build, " ".join(_time_words(name) + ["time slice"]))
             saved = self._graph_files.get(name)
             if saved and self.path is not None and saved.get("digest") == self._partition_digest(name):
                 graphs.use_files(os.path.join(self.path, GRAPH_FOLDERS[name]), saved["files"])
